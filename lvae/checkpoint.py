@@ -1,0 +1,128 @@
+"""Checkpoint files: safe loading (``weights_only=True``), downloads into torch's hub cache, atomic saves.
+
+A checkpoint is a dict. Weights sit under ``'model'`` (the authors' files and ours); a bare state-dict is
+accepted too. Checkpoints written by ``train-var-rate.py`` also hold ``'model_name'`` and ``'config'``, so
+:func:`model_from_checkpoint` rebuilds the model from the file alone.
+"""
+import hashlib
+import os
+import tempfile
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+
+
+def is_url(source):
+    return isinstance(source, str) and urlparse(source).scheme in ('http', 'https')
+
+
+def sha256_file(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url, sha256=None, progress=True):
+    """Download ``url`` once into ``<torch hub dir>/checkpoints/`` and return the local path.
+
+    ``sha256``, when given, is checked (a prefix is enough); a failed check deletes nothing cached.
+    """
+    cache_dir = os.path.join(torch.hub.get_dir(), 'checkpoints')
+    os.makedirs(cache_dir, exist_ok=True)
+    filename = os.path.basename(urlparse(url).path) or 'checkpoint.pt'
+    path = os.path.join(cache_dir, filename)
+    if not os.path.exists(path):
+        try:
+            torch.hub.download_url_to_file(url, path, hash_prefix=sha256, progress=progress)
+        except (URLError, OSError) as e:
+            raise RuntimeError(f'could not download {url}: {e}. Without network, download the file elsewhere '
+                               f'and pass its local path instead.') from e
+        except RuntimeError as e:  # torch's hash mismatch
+            raise RuntimeError(f'{url}: {e}') from e
+    elif sha256 and not sha256_file(path).startswith(sha256):
+        raise RuntimeError(f'cached file {path} does not match the expected sha256 {sha256}; delete it to '
+                           f'download again')
+    return path
+
+
+def load_file(source, map_location='cpu', sha256=None):
+    """Load a checkpoint from a path or an http(s) URL with ``weights_only=True``; errors name the file."""
+    path = download(source, sha256=sha256) if is_url(source) else os.fspath(source)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: '
+                         f'{str(e).splitlines()[0] if str(e) else ""})') from e
+
+
+def state_dict_of(ckpt, source='checkpoint'):
+    """The model weights held by a loaded checkpoint (under ``'model'``, or the dict itself)."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('model'), dict):
+        ckpt = ckpt['model']
+    if not isinstance(ckpt, dict) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise ValueError(f'{source} holds no model weights (expected a state-dict, or a dict with a '
+                         f"'model' state-dict)")
+    return ckpt
+
+
+def _names(keys, limit=8):
+    keys = sorted(keys)
+    return ', '.join(keys[:limit]) + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def load_weights(model, source, sha256=None):
+    """Load weights from a path, URL or loaded checkpoint into ``model`` (strict); return the checkpoint.
+
+    Key or shape mismatches raise a ValueError naming the missing, unexpected and mis-shaped keys.
+    """
+    from_file = isinstance(source, (str, os.PathLike))
+    label = os.fspath(source) if from_file else 'checkpoint'
+    ckpt = load_file(source, sha256=sha256) if from_file else source
+    state = state_dict_of(ckpt, label)
+    own = model.state_dict()
+    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
+    shapes = [f'{k} {list(state[k].shape)} vs {list(own[k].shape)}' for k in own.keys() & state.keys()
+              if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f'{len(missing)} missing: {_names(missing)}' if missing else '',
+                 f'{len(unexpected)} unexpected: {_names(unexpected)}' if unexpected else '',
+                 f'{len(shapes)} of another shape (file vs model): {_names(shapes, 4)}' if shapes else '']
+        raise ValueError(f'weights in {label} do not fit {type(model).__name__}: ' + '; '.join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
+    return ckpt
+
+
+def save_checkpoint(obj, path):
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: a kill never leaves a torn file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def model_from_checkpoint(source, map_location='cpu'):
+    """Rebuild a model from a checkpoint that records its ``config`` (and ``model_name``); return
+    ``(model, checkpoint)``."""
+    from lvae.models.rd.model import VariableRateLossyVAE
+    ckpt = load_file(source, map_location=map_location)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('config'), dict):
+        raise ValueError(f'{source} records no model config; build the model with --model NAME and load the '
+                         f'weights into it')
+    model = VariableRateLossyVAE.from_config(ckpt['config'])
+    load_weights(model, ckpt)
+    return model, ckpt

@@ -1,0 +1,72 @@
+"""Registered R(D) bound models: the paper's base model and ablations (SPEC.md zoo table), and small
+configs that train on a CPU."""
+import os
+
+from lvae.checkpoint import load_weights
+from lvae.models.registry import register_model
+from lvae.models.rd.model import VariableRateLossyVAE
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'weights')
+
+# Where ``pretrained=True`` finds each model's weights: a URL (downloaded once into torch's hub cache) or a
+# file shipped inside the package; ``sha256`` is checked when given.
+PRETRAINED = {
+    'rd_model_base': {
+        'url': 'https://huggingface.co/duanzh0/my-model-weights/resolve/main/rd_model_base-200k-feb14-2023.pt',
+    },
+}
+
+
+def paper_config(c, dec_nums, smooth_mean=True):
+    """The paper's family: widths ``c * [2, 4, 5, 6, 6]`` (encoder) and ``c * [6, 6, 5, 4, 2]`` (decoder)."""
+    return {
+        'enc_dims': [c * k for k in (2, 4, 5, 6, 6)], 'enc_nums': [6, 6, 6, 4, 4],
+        'dec_dims': [c * k for k in (6, 6, 5, 4, 2)], 'dec_nums': list(dec_nums),
+        'z_dims': [32] * 5, 'lmb_embed_dim': [256, 256], 'sin_period': 64, 'lmb_range': [4.0, 2048.0],
+        'smooth_mean': smooth_mean,
+        'im_shift': -0.4546259594901961, 'im_scale': 3.67572653978347,
+    }
+
+
+CONFIGS = {
+    'rd_model_base': paper_config(128, (1, 2, 3, 4, 5)),
+    'rd_ablation_base_nosmooth': paper_config(128, (1, 2, 3, 4, 5), smooth_mean=False),
+    'rd_ablation_c128_l10': paper_config(128, (1, 1, 2, 3, 3)),
+    'rd_ablation_c96_l15': paper_config(96, (1, 2, 3, 4, 5)),
+    'rd_ablation_c64_l15': paper_config(64, (1, 2, 3, 4, 5)),
+    'rd_ablation_c64_l10': paper_config(64, (1, 2, 2, 2, 3)),
+    'rd_ablation_c64_l5': paper_config(64, (1, 1, 1, 1, 1)),
+    'rd_ablation_c64_l5_nosmooth': paper_config(64, (1, 1, 1, 1, 1), smooth_mean=False),
+    # CPU-sized configs (not in the paper): same architecture, fewer and narrower blocks.
+    'rd_model_small': {**paper_config(16, (1, 1, 2, 2, 2)), 'enc_nums': [2, 2, 2, 2, 2],
+                       'z_dims': [16] * 5, 'lmb_embed_dim': [64, 64]},
+    'rd_model_tiny': {**paper_config(8, (1, 1, 1, 1, 1)), 'enc_nums': [1, 1, 1, 1, 1],
+                      'z_dims': [4] * 5, 'lmb_embed_dim': [32, 32]},
+}
+
+
+def build(name, pretrained=False, **overrides):
+    """Build zoo model ``name`` with config ``overrides``; load weights as :func:`lvae.get_model` describes."""
+    model = VariableRateLossyVAE.from_config({**CONFIGS[name], **overrides})
+    if pretrained is True:
+        if name not in PRETRAINED:
+            raise ValueError(f'no pretrained weights are registered for {name!r}; models with weights: '
+                             f'{", ".join(sorted(PRETRAINED))}')
+        entry = PRETRAINED[name]
+        source = entry['url'] if 'url' in entry else os.path.join(WEIGHTS_DIR, entry['file'])
+        load_weights(model, source, sha256=entry.get('sha256'))
+    elif pretrained:
+        load_weights(model, pretrained)
+    return model
+
+
+def _register(name):
+    def factory(pretrained=False, **overrides):
+        return build(name, pretrained=pretrained, **overrides)
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f'{name}: ``get_model({name!r}, pretrained=False, **config_overrides)``.'
+    register_model(factory)
+
+
+for _name in CONFIGS:
+    _register(_name)

@@ -1,0 +1,133 @@
+"""Loading weights: local files, URLs (against a server on 127.0.0.1), errors, atomic saves."""
+import functools
+import http.server
+import os
+import threading
+
+import pytest
+import torch
+
+import lvae
+from lvae import checkpoint
+from lvae.models.rd import zoo
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    model = lvae.get_model('rd_model_tiny')
+    path = tmp_path / 'tiny.pt'
+    checkpoint.save_checkpoint({'model': model.state_dict(), 'iter': 3}, path)
+    return model, path
+
+
+@pytest.fixture
+def server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path; yields its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}'
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    hub = tmp_path / 'hub'
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(hub))
+    return hub
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_pretrained_path(tiny_ckpt):
+    model, path = tiny_ckpt
+    loaded = lvae.get_model('rd_model_tiny', pretrained=str(path))
+    assert _same_weights(model, loaded)
+
+
+def test_pretrained_url_downloads_into_hub_cache(tiny_ckpt, server, hub_dir):
+    model, path = tiny_ckpt
+    loaded = lvae.get_model('rd_model_tiny', pretrained=f'{server}/{path.name}')
+    assert _same_weights(model, loaded)
+    assert (hub_dir / 'checkpoints' / path.name).is_file()
+
+
+def test_pretrained_true_uses_the_registered_url(tiny_ckpt, server, hub_dir, monkeypatch):
+    model, path = tiny_ckpt
+    sha = checkpoint.sha256_file(path)
+    monkeypatch.setitem(zoo.PRETRAINED, 'rd_model_tiny', {'url': f'{server}/{path.name}', 'sha256': sha[:16]})
+    assert _same_weights(model, lvae.get_model('rd_model_tiny', pretrained=True))
+    # the published base model's entry points at the authors' file, with the weights under 'model'
+    assert zoo.PRETRAINED['rd_model_base']['url'].endswith('/rd_model_base-200k-feb14-2023.pt')
+
+
+def test_download_with_a_wrong_hash_fails(tiny_ckpt, server, hub_dir):
+    _, path = tiny_ckpt
+    with pytest.raises(RuntimeError, match='hash|sha256'):
+        checkpoint.download(f'{server}/{path.name}', sha256='0' * 16, progress=False)
+    assert not (hub_dir / 'checkpoints' / path.name).exists()
+
+
+def test_unreachable_url_says_what_to_do(hub_dir):
+    with pytest.raises(RuntimeError, match='could not download .*local path'):
+        checkpoint.download('http://127.0.0.1:9/none.pt', progress=False)
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / 'notes.pt'
+    bad.write_text('hello')
+    with pytest.raises(ValueError, match='notes.pt is not a readable PyTorch checkpoint'):
+        lvae.get_model('rd_model_tiny', pretrained=str(bad))
+    with pytest.raises(FileNotFoundError, match='missing.pt'):
+        lvae.get_model('rd_model_tiny', pretrained=str(tmp_path / 'missing.pt'))
+
+
+def test_keys_that_do_not_fit_are_named(tiny_ckpt, tmp_path):
+    model, _ = tiny_ckpt
+    state = model.state_dict()
+    state.pop('bias')
+    state['extra.weight'] = torch.zeros(1)
+    state['lmb_embedding.0.weight'] = torch.zeros(5, 5)
+    path = tmp_path / 'bad.pt'
+    torch.save({'model': state}, path)
+    with pytest.raises(ValueError) as err:
+        lvae.get_model('rd_model_tiny', pretrained=str(path))
+    msg = str(err.value)
+    assert 'bad.pt' in msg and '1 missing: bias' in msg and '1 unexpected: extra.weight' in msg
+    assert 'lmb_embedding.0.weight [5, 5] vs [32, 32]' in msg
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / 'evil.pt'
+    torch.save({'model': {}, 'obj': functools.partial(print, 'x')}, path)
+    with pytest.raises(ValueError, match='evil.pt is not a readable PyTorch checkpoint'):
+        checkpoint.load_file(path)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / 'ck.pt'
+    checkpoint.save_checkpoint({'iter': 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b'partial')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, 'save', broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint({'iter': 2}, path)
+    monkeypatch.undo()
+    assert checkpoint.load_file(path) == {'iter': 1}
+    assert os.listdir(tmp_path) == ['ck.pt']
+
+
+def test_model_from_checkpoint(tmp_path):
+    model = lvae.get_model('rd_model_tiny')
+    path = tmp_path / 'run.pt'
+    checkpoint.save_checkpoint({'model': model.state_dict(), 'model_name': 'rd_model_tiny',
+                                'config': model.config.to_dict()}, path)
+    rebuilt, ckpt = checkpoint.model_from_checkpoint(path)
+    assert _same_weights(model, rebuilt) and ckpt['model_name'] == 'rd_model_tiny'

@@ -1,0 +1,88 @@
+"""The SPEC's numerical contract: the published key layout and the authors' conformance vector."""
+import ast
+import os
+
+import pytest
+import torch
+
+import lvae
+from lvae.models.rd.model import VariableRateLossyVAE
+
+
+@pytest.fixture(scope='module')
+def spec(shared_dir):
+    return os.path.join(shared_dir, 'spec')
+
+
+@pytest.fixture(scope='module')
+def conformance(spec):
+    return torch.load(os.path.join(spec, 'rd_conformance_small.pt'), weights_only=True)
+
+
+@pytest.fixture(scope='module')
+def conformance_model(conformance):
+    model = VariableRateLossyVAE.from_config(conformance['config'])
+    model.load_state_dict(conformance['state_dict'], strict=True)
+    return model.eval()
+
+
+def test_rd_model_base_matches_published_state_dict(spec):
+    with open(os.path.join(spec, 'rd_model_base.state_dict.tsv')) as f:
+        header, *rows = [line.rstrip('\n').split('\t') for line in f if line.strip()]
+    assert header == ['key', 'shape', 'dtype']
+    expected = {key: tuple(ast.literal_eval(shape)) for key, shape, _ in rows}
+    model = lvae.get_model('rd_model_base')
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == expected
+    assert len(ours) == 1090
+    assert sum(p.numel() for p in model.parameters()) == 186_670_384
+    fake = {k: torch.zeros(shape) for k, shape in expected.items()}
+    model.load_state_dict(fake, strict=True)
+
+
+def _rel(a, b):
+    return abs(float(a) / float(b) - 1)
+
+
+@pytest.mark.parametrize('index', [0, 1])
+def test_forward_matches_reference(conformance, conformance_model, index):
+    case = conformance['cases'][index]
+    with torch.no_grad():
+        torch.manual_seed(case['seed'])
+        out = conformance_model(case['image'], lmb=case['lmb'])
+    for key in ('loss', 'bppix', 'psnr'):
+        assert _rel(out[key], case[key]) < 1e-5, (key, float(out[key]), float(case[key]))
+
+
+@pytest.mark.parametrize('index', [0, 1])
+def test_forward_end2end_matches_reference(conformance, conformance_model, index):
+    case = conformance['cases'][index]
+    with torch.no_grad():
+        emb = conformance_model.lmb_embed(case['lmb'])
+        torch.manual_seed(case['seed'])
+        x_hat, stats = conformance_model.forward_end2end(case['image'], case['lmb'])
+    torch.testing.assert_close(emb, case['lmb_embedding'], rtol=1e-4, atol=1e-6)
+    kl = torch.stack([s['kl'].sum(dim=(1, 2, 3)) for s in stats])
+    assert kl.shape == case['kl_per_latent'].shape
+    torch.testing.assert_close(kl, case['kl_per_latent'], rtol=1e-4, atol=0)
+    torch.testing.assert_close(x_hat, case['x_hat'], rtol=0, atol=1e-4)
+
+
+def test_unconditional_sample_matches_reference(conformance, conformance_model):
+    s = conformance['sample']
+    torch.manual_seed(s['seed'])
+    image = conformance_model.unconditional_sample(s['lmb'], bhw_repeat=tuple(s['bhw']), t=s['t'])
+    torch.testing.assert_close(image, s['image'], rtol=0, atol=1e-4)
+
+
+def test_channels_last_gives_the_same_numbers(conformance, conformance_model):
+    case = conformance['cases'][1]
+    model = VariableRateLossyVAE.from_config(conformance['config'])
+    model.load_state_dict(conformance['state_dict'])
+    model = model.eval().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.manual_seed(case['seed'])
+        x_hat, stats = model.forward_end2end(case['image'], case['lmb'])
+    torch.testing.assert_close(x_hat, case['x_hat'], rtol=0, atol=1e-4)
+    kl = torch.stack([s['kl'].sum(dim=(1, 2, 3)) for s in stats])
+    torch.testing.assert_close(kl, case['kl_per_latent'], rtol=1e-4, atol=0)

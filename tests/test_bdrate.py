@@ -92,3 +92,13 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert '--dataset' in capsys.readouterr().err
     assert main([str(plain), '--dataset', 'nowhere']) == 2
     assert "no vtm-18.0 curve for dataset 'nowhere'" in capsys.readouterr().err
+
+
+def test_curves_without_overlap_give_no_number():
+    from lvae.bdrate import bd_table
+    vtm = get_anchor('kodak')
+    flat_bpp, flat_psnr = [0.010, 0.011, 0.012, 0.013], [9.90, 9.91, 9.92, 9.93]  # an untrained model
+    assert np.isnan(lvae.bd_rate(vtm['bpp'], vtm['psnr'], flat_bpp, flat_psnr))
+    assert np.isnan(bd_psnr(vtm['bpp'], vtm['psnr'], flat_bpp, flat_psnr))
+    table = bd_table(flat_bpp, flat_psnr, vtm['bpp'], vtm['psnr'])
+    assert '| cubic (paper) | n/a | n/a |' in table and 'share no PSNR range' in table

@@ -52,7 +52,7 @@ def get_args(argv=None):
                    help="divide bits by the original pixel count (correct, default) or by the padded one "
                         "(the authors' code)")
     g.add_argument('--samples', type=int, default=1, help='posterior draws per image and lambda (default: 1)')
-    g.add_argument('--seed', type=int, default=0, help='seed of the posterior draws (default: 0)')
+    g.add_argument('--seed', type=int, default=0, help='seed of the posterior draws (and of --random-init weights; default: 0)')
     g.add_argument('--skip-invalid', action='store_true', help='skip unreadable files (listed) instead of stopping')
     g = p.add_argument_group('speed')
     g.add_argument('--device', default=None, help='cuda, cuda:1, cpu, ... (default: cuda if present, else cpu)')
@@ -90,6 +90,7 @@ def load_model(args):
                 raise ValueError(f'{args.weights}: {e}') from None
         return model, name, args.weights, sha256_file(path)
     if args.random_init:
+        torch.manual_seed(args.seed)  # reproducible untrained weights
         return lvae.get_model(args.model, **overrides), args.model, None, None
     if args.model not in PRETRAINED:
         raise ValueError(f'no pretrained weights are registered for {args.model!r} (models with weights: '

@@ -58,7 +58,8 @@ def get_args(argv=None):
     g.add_argument('--device', default=None, help='cuda, cuda:1, cpu, ... (default: cuda if present, else cpu)')
     g.add_argument('--amp', choices=('bf16',), default=None, help='bf16 autocast (default: fp32)')
     g.add_argument('--compile', action='store_true', help='torch.compile the ConvNeXt blocks (pays off on CUDA)')
-    g.add_argument('--lmb-batch', default='auto', help="lambdas per forward: 'auto' or an integer")
+    g.add_argument('--lmb-batch', default='auto', type=lambda v: v if v == 'auto' else int(v),
+                   help="lambdas per forward: 'auto' or an integer")
     g = p.add_argument_group('output')
     g.add_argument('--output', default=None, metavar='JSON',
                    help='results file (default: results/<model>-<dataset>.json); the PNG goes next to it')
@@ -133,7 +134,6 @@ def main(argv=None):
     try:
         if args.steps < 1 or args.samples < 1:
             raise ValueError(f'--steps and --samples must be >= 1, got {args.steps} and {args.samples}')
-        lmb_batch = args.lmb_batch if args.lmb_batch == 'auto' else int(args.lmb_batch)
         paths = resolve_images(args.dataset_name)
         folder = os.path.dirname(paths[0])
         test_set = dataset_name(args.dataset_name) or os.path.basename(os.path.normpath(folder))
@@ -150,7 +150,7 @@ def main(argv=None):
         compiled = compile_for_eval(model) if args.compile else False
         result = evaluate_bound(model, paths, lambdas, device=device, bpp_pixels=args.bpp_pixels,
                                 samples=args.samples, seed=args.seed, skip_invalid=args.skip_invalid,
-                                lmb_batch=lmb_batch, amp=args.amp, progress=not args.no_progress)
+                                lmb_batch=args.lmb_batch, amp=args.amp, progress=not args.no_progress)
     except (ValueError, OSError, RuntimeError) as e:  # bad input, file or download: a message, no traceback
         print(f'error: {e}', file=sys.stderr)
         return 2

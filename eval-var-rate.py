@@ -29,6 +29,13 @@ from lvae.plotting import plot_rd
 PUBLISHED = {'qarv_base': 'QARV-base (published)', 'qres34m': 'QRes-VAE 34M (published)'}
 
 
+def lambdas_per_forward(text):
+    """--lmb-batch: 'auto' or a positive integer."""
+    if text == 'auto' or (text.isdigit() and int(text) > 0):
+        return text if text == 'auto' else int(text)
+    raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 epilog=__doc__.split('\n\n', 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,7 +65,7 @@ def get_args(argv=None):
     g.add_argument('--device', default=None, help='cuda, cuda:1, cpu, ... (default: cuda if present, else cpu)')
     g.add_argument('--amp', choices=('bf16',), default=None, help='bf16 autocast (default: fp32)')
     g.add_argument('--compile', action='store_true', help='torch.compile the ConvNeXt blocks (pays off on CUDA)')
-    g.add_argument('--lmb-batch', default='auto', type=lambda v: v if v == 'auto' else int(v),
+    g.add_argument('--lmb-batch', default='auto', type=lambdas_per_forward,
                    help="lambdas per forward: 'auto' or an integer")
     g = p.add_argument_group('output')
     g.add_argument('--output', default=None, metavar='JSON',

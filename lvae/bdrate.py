@@ -50,12 +50,16 @@ def bd_rate(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method='cubic'):
 
 
 def bd_psnr(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method='cubic'):
-    """Average PSNR difference (dB) of the test curve w.r.t. the anchor at equal bit-rate."""
+    """Average PSNR difference (dB) of the test curve w.r.t. the anchor at equal bit-rate. NaN when the
+    bit-rate ranges do not overlap (an extrapolated number would mean nothing)."""
+    if overlap(anchor_bpp, test_bpp) == 0:
+        return float('nan')
     return _bd(bjontegaard.bd_psnr, anchor_bpp, anchor_psnr, test_bpp, test_psnr, method)
 
 
 def overlap(anchor_psnr, test_psnr):
-    """Fraction of the joint PSNR range covered by both curves (the BD-rate integration interval)."""
+    """Fraction of the joint range covered by both curves (PSNR: the BD-rate integration interval; given
+    bit-rates, the BD-PSNR one)."""
     a, t = np.asarray(anchor_psnr), np.asarray(test_psnr)
     lo, hi = max(a.min(), t.min()), min(a.max(), t.max())
     return max(hi - lo, 0.0) / (max(a.max(), t.max()) - min(a.min(), t.min()))
@@ -101,9 +105,16 @@ def bd_table(test_bpp, test_psnr, anchor_bpp, anchor_psnr, name='test', anchor_n
              '| method | BD-rate (%) | BD-PSNR (dB) |', '|---|---:|---:|']
     for method in METHODS:
         label = 'cubic (paper)' if method == 'cubic' else method
-        lines.append(f'| {label} | {bd_rate(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method):+.2f} | '
-                     f'{bd_psnr(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method):+.3f} |')
+        rate = bd_rate(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method)
+        psnr = bd_psnr(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method)
+        lines.append(f'| {label} | {_fmt(rate, "+.2f")} | {_fmt(psnr, "+.3f")} |')
+    if overlap(anchor_psnr, test_psnr) == 0:
+        lines += ['', 'n/a: the curves share no PSNR range, so BD-rate is undefined (an untrained model?)']
     return '\n'.join(lines)
+
+
+def _fmt(value, spec):
+    return format(value, spec) if np.isfinite(value) else 'n/a'
 
 
 def resolve_anchor(anchor, dataset):

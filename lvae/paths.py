@@ -4,7 +4,12 @@ A dataset argument is resolved in this order:
 1. an existing folder path is used as it is;
 2. a known name mapped in the user config file (``$LVAE_CONFIG``, default ``~/.config/lvae/datasets.json``,
    a JSON object ``{"kodak": "/data/kodak", ...}``);
-3. a known name under the root ``$LVAE_DATASETS`` (``<root>/<name>``), default ``~/datasets``.
+3. a known name under the root ``$LVAE_DATASETS`` (``<root>/<name>``), default ``~/datasets``;
+4. last resort for a known name: ``<parent of the repository checkout>/shared/datasets/<name>`` (the layout
+   of the project's machines and CI: the clone at ``/work/main``, the data at ``/work/shared/datasets``).
+
+The first of 2-4 that exists is used. ``python -m lvae.datasets download NAME`` writes to the place of 2
+or 3 (``dataset_path(name, must_exist=False)``).
 """
 import json
 import os
@@ -19,6 +24,9 @@ known_datasets = {
 
 DEFAULT_ROOT = os.path.join('~', 'datasets')
 DEFAULT_CONFIG = os.path.join('~', '.config', 'lvae', 'datasets.json')
+# <parent of the checkout>/shared/datasets: lvae/paths.py -> lvae -> checkout -> its parent.
+SHARED_DATASETS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                               'shared', 'datasets')
 
 
 def dataset_root():
@@ -49,8 +57,18 @@ def how_to_set_paths():
             f'names to folders in {config_file()} (a JSON object), or pass a folder path')
 
 
+def dataset_name(name_or_folder):
+    """The known dataset name of a name or folder (a folder named like a known dataset, e.g.
+    ``../shared/datasets/kodak``, counts as that dataset), else None."""
+    base = os.path.basename(os.path.normpath(os.fspath(name_or_folder)))
+    return base if base in known_datasets else None
+
+
 def dataset_path(name, must_exist=True):
-    """Resolve a dataset name or folder path to a folder (see the module docstring)."""
+    """Resolve a dataset name or folder path to a folder (see the module docstring).
+
+    With ``must_exist=False`` a known name resolves to where it should be (config mapping or root), for
+    downloads."""
     name = os.fspath(name)
     if os.path.isdir(name):
         return name
@@ -59,7 +77,10 @@ def dataset_path(name, must_exist=True):
                          f'{", ".join(known_datasets)}; {how_to_set_paths()}')
     mapping = _user_mapping()
     path = os.path.expanduser(mapping[name]) if name in mapping else os.path.join(dataset_root(), name)
-    if must_exist and not os.path.isdir(path):
-        raise FileNotFoundError(f'dataset {name!r} is not at {path}; download it with '
-                                f'`python -m lvae.datasets download {name}` or {how_to_set_paths()}')
-    return path
+    if not must_exist or os.path.isdir(path):
+        return path
+    shared = os.path.join(SHARED_DATASETS, name)
+    if os.path.isdir(shared):
+        return shared
+    raise FileNotFoundError(f'dataset {name!r} is not at {path} (nor at {shared}); download it with '
+                            f'`python -m lvae.datasets download {name}` or {how_to_set_paths()}')

@@ -5,9 +5,16 @@ Reproduces Duan et al., "An Improved Upper Bound on the Rate-Distortion Function
 >>> import lvae
 >>> model = lvae.get_model('rd_model_base', pretrained=True)   # the authors' published weights
 """
-from lvae.bdrate import bd_psnr, bd_rate
 from lvae.models import RDConfig, VariableRateLossyVAE, get_model, list_models, register_model
 
 __version__ = '0.1.0'
+
+
+def __getattr__(name):
+    # lvae.bd_rate / lvae.bd_psnr, imported on first use so that `python -m lvae.bdrate` runs a fresh module
+    if name in ('bd_rate', 'bd_psnr'):
+        from lvae import bdrate
+        return getattr(bdrate, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 __all__ = ['get_model', 'list_models', 'register_model', 'VariableRateLossyVAE', 'RDConfig', 'bd_rate', 'bd_psnr']

@@ -16,6 +16,7 @@ validation loss when the validation set has no anchor curve).
 import argparse
 import ast
 import copy
+import glob
 import json
 import math
 import os
@@ -275,6 +276,16 @@ def rd_plot(res, anchor, anchor_label, path, title):
     return path
 
 
+def classify_update(loss, grad_norm, recent_norms):
+    """'non-finite' (loss or gradient norm is inf / NaN), 'spike' (gradient norm above SPIKE_FACTOR times
+    the median of ``recent_norms``, once SPIKE_MIN_HISTORY are known) or 'ok'."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        return 'non-finite'
+    if len(recent_norms) >= SPIKE_MIN_HISTORY and grad_norm > SPIKE_FACTOR * statistics.median(recent_norms):
+        return 'spike'
+    return 'ok'
+
+
 def raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -368,6 +379,9 @@ def main(argv=None):
         return 2
     batches = infinite_batches(loader, sampler, epoch)
 
+    def current_lr(it):
+        return args.lr * lr_scale * lr_factor(it, args.iterations, args.lr_sched, args.lr_warmup, args.lrf_min)
+
     # ---- rank 0: run folder, validation set, wandb
     if master:
         if not args.resume:
@@ -379,6 +393,8 @@ def main(argv=None):
                       f'another --name', file=sys.stderr)
                 return 2
         os.makedirs(run_dir, exist_ok=True)
+        for stale in glob.glob(os.path.join(run_dir, '.*.pt.*.tmp')):  # left by a kill during a save
+            os.remove(stale)
         val_paths, bad = check_images(resolve_images(args.valset))
         for e in bad:
             warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
@@ -393,7 +409,8 @@ def main(argv=None):
         n_params = sum(p.numel() for p in raw.parameters())
         print(f'{args.model}: {n_params / 1e6:.2f}M parameters on {device} x {world} process(es); '
               f'{trainset}; {args.batch_size * args.accum_num * world} images per update; run folder {run_dir}'
-              + (f'; resuming at iteration {start_iter}' if args.resume else ''))
+              + (f'; resuming at iteration {start_iter} (lr {current_lr(start_iter):.6g}, EMA step '
+                 f'{resume_ckpt["ema_step"]})' if args.resume else ''))
         with open(os.path.join(run_dir, 'args.json'), 'w') as f:
             json.dump(vars(args), f, indent=1)
 
@@ -451,7 +468,7 @@ def main(argv=None):
     it, cur_epoch = start_iter, epoch
     wb = wb if master else None
     grad_norms = deque(maxlen=SPIKE_WINDOW)
-    bad_in_row = 0
+    bad_in_row = images_seen = 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == 'bf16' else nullcontext()
     bar = tqdm(total=args.iterations, initial=start_iter, disable=not master, dynamic_ncols=True,
                desc=args.name if master else None)
@@ -464,13 +481,14 @@ def main(argv=None):
     t_log = time.time()
     try:
         while it < args.iterations:
-            lr = args.lr * lr_scale * lr_factor(it, args.iterations, args.lr_sched, args.lr_warmup, args.lrf_min)
+            lr = current_lr(it)
             for group in optimizer.param_groups:
                 group['lr'] = lr
             figures = torch.zeros(3, device=device)  # loss, bpp, psnr summed over micro-steps
             for micro in range(args.accum_num):
                 cur_epoch, (im, skipped) = next(batches)
                 skipped_images += int(skipped.sum())
+                images_seen += len(im)
                 im = im.to(device, non_blocking=True)
                 sync = nullcontext() if not ddp or micro == args.accum_num - 1 else model.no_sync()
                 with sync:
@@ -485,14 +503,13 @@ def main(argv=None):
             grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), args.grad_clip or float('inf'))
             grad_norm = float(grad_norm)  # identical on all ranks: gradients are all-reduced
             loss, bpp, psnr = figures.tolist()
-            status = 'ok'
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                status, bad_total, bad_in_row = 'non-finite', bad_total + 1, bad_in_row + 1
-            elif len(grad_norms) >= SPIKE_MIN_HISTORY and grad_norm > SPIKE_FACTOR * statistics.median(grad_norms):
-                status, spikes_total, lr_scale = 'spike', spikes_total + 1, lr_scale * SPIKE_LR_CUT
-                bad_in_row = 0
+            status = classify_update(loss, grad_norm, grad_norms)
+            bad_in_row = bad_in_row + 1 if status == 'non-finite' else 0
+            if status == 'non-finite':
+                bad_total += 1
+            elif status == 'spike':
+                spikes_total, lr_scale = spikes_total + 1, lr_scale * SPIKE_LR_CUT
             else:
-                bad_in_row = 0
                 grad_norms.append(grad_norm)
                 optimizer.step()
                 if ema is not None:
@@ -538,6 +555,7 @@ def main(argv=None):
                   file=sys.stderr)
         stopped = True
     bar.close()
+    print(f'rank {rank}/{world}: {it - start_iter} updates on {images_seen} images this session', flush=True)
     if master:
         wb.finish()
         if not stopped:

@@ -315,6 +315,18 @@ def main(argv=None):
             args = argparse.Namespace(**{**vars(parser.parse_args([])), **saved})
             args.resume = run_dir
         check_args(args)
+        if not args.resume:  # every rank names the run before any creates a folder (after the rendezvous)
+            project_dir = os.path.join(args.runs_root, args.wbproject)
+            args.name = args.name or next_run_name(project_dir, args.model)
+            run_dir = os.path.join(project_dir, args.name)
+            if os.path.exists(os.path.join(run_dir, 'last.pt')):
+                raise UsageError(f'{run_dir} already holds a run; continue it with --resume {run_dir} or choose '
+                                 f'another --name')
+        trainset = ImageFolderCrops(args.trainset, **args.transform_kw)
+        if max(1, len(trainset) // world) < args.batch_size:
+            raise UsageError(f'{len(trainset)} training images cannot fill one batch of {args.batch_size} per '
+                             f'process on {world} process(es)')
+        val_paths = resolve_images(args.valset)
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
@@ -364,19 +376,10 @@ def main(argv=None):
         model = DDP(model, device_ids=[local_rank] if device.type == 'cuda' else None)
 
     # ---- data
-    try:
-        trainset = ImageFolderCrops(args.trainset, **args.transform_kw)
-    except (ValueError, FileNotFoundError) as e:
-        print(f'error: training set: {e}', file=sys.stderr)
-        return 2
     sampler = DistributedSampler(trainset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                  drop_last=len(trainset) >= world)
     loader = DataLoader(trainset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         pin_memory=device.type == 'cuda', persistent_workers=args.workers > 0, drop_last=True)
-    if len(loader) == 0:
-        print(f'error: {len(trainset)} training images cannot fill one batch of {args.batch_size} per process '
-              f'on {world} process(es)', file=sys.stderr)
-        return 2
     batches = infinite_batches(loader, sampler, epoch)
 
     def current_lr(it):
@@ -384,18 +387,10 @@ def main(argv=None):
 
     # ---- rank 0: run folder, validation set, wandb
     if master:
-        if not args.resume:
-            project_dir = os.path.join(args.runs_root, args.wbproject)
-            args.name = args.name or next_run_name(project_dir, args.model)
-            run_dir = os.path.join(project_dir, args.name)
-            if os.path.exists(os.path.join(run_dir, 'last.pt')):
-                print(f'error: {run_dir} already holds a run; continue it with --resume {run_dir} or choose '
-                      f'another --name', file=sys.stderr)
-                return 2
         os.makedirs(run_dir, exist_ok=True)
         for stale in glob.glob(os.path.join(run_dir, '.*.pt.*.tmp')):  # left by a kill during a save
             os.remove(stale)
-        val_paths, bad = check_images(resolve_images(args.valset))
+        val_paths, bad = check_images(val_paths)
         for e in bad:
             warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
         val_paths = val_paths[:args.val_images or None]

@@ -35,6 +35,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
+import wandb
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -344,12 +345,14 @@ def main(argv=None):
 
     # ---- model, optimizer, EMA (EMA on rank 0 only: it alone validates and saves)
     start_iter, epoch, lr_scale, best_key, wandb_id = 0, 0, 1.0, None, None
+    grad_norms = deque(maxlen=SPIKE_WINDOW)  # recent accepted gradient norms, for spike detection
     bad_total = spikes_total = skipped_images = 0
     if args.resume:
         model = VariableRateLossyVAE.from_config(resume_ckpt['config'])
         load_weights(model, resume_ckpt)
         start_iter, epoch, lr_scale = resume_ckpt['iter'], resume_ckpt['epoch'] + 1, resume_ckpt['lr_scale']
         best_key, wandb_id = resume_ckpt['best_key'], resume_ckpt['wandb_id']
+        grad_norms.extend(resume_ckpt.get('grad_norms', []))
         bad_total, spikes_total, skipped_images = (resume_ckpt['counters'][k] for k in
                                                    ('bad_steps', 'spikes', 'skipped_images'))
     else:
@@ -386,6 +389,7 @@ def main(argv=None):
         return args.lr * lr_scale * lr_factor(it, args.iterations, args.lr_sched, args.lr_warmup, args.lrf_min)
 
     # ---- rank 0: run folder, validation set, wandb
+    wb = None
     if master:
         os.makedirs(run_dir, exist_ok=True)
         for stale in glob.glob(os.path.join(run_dir, '.*.pt.*.tmp')):  # left by a kill during a save
@@ -396,7 +400,6 @@ def main(argv=None):
         val_paths = val_paths[:args.val_images or None]
         anchor_set = anchor_name(args.valset)
         anchor = get_anchor(anchor_set) if anchor_set else None
-        import wandb
         wandb_id = wandb_id or secrets.token_hex(4)  # fixed before init: a resumed run keeps it
         wb = wandb.init(project=args.wbproject, entity=args.wbentity, group=args.wbgroup, name=args.name,
                         tags=[t for t in args.wbtags.split(',') if t], config=vars(args), dir=run_dir,
@@ -419,12 +422,12 @@ def main(argv=None):
         if not master:
             return
         common = {'model_name': args.model, 'config': raw.config.to_dict(), 'iter': it, 'epoch': cur_epoch,
-                  'wandb_id': wandb_id, 'args': {k: v for k, v in vars(args).items()}, 'metrics': metrics}
+                  'wandb_id': wandb_id, 'args': dict(vars(args)), 'metrics': metrics}
         state = {**common, 'model': raw.state_dict(), 'optimizer': optimizer.state_dict(),
                  'ema': ema.module.state_dict() if ema else None, 'ema_step': it if ema else None,
                  'scheduler': {'sched': args.lr_sched, 'iterations': args.iterations, 'lr': args.lr,
                                'warmup': args.lr_warmup, 'lrf_min': args.lrf_min},
-                 'lr_scale': lr_scale, 'best_key': best_key, 'rng': rng,
+                 'lr_scale': lr_scale, 'grad_norms': list(grad_norms), 'best_key': best_key, 'rng': rng,
                  'counters': {'bad_steps': bad_total, 'spikes': spikes_total, 'skipped_images': skipped_images}}
         if failed:
             save_checkpoint(state, os.path.join(run_dir, 'failed.pt'))
@@ -447,12 +450,11 @@ def main(argv=None):
             best_key = key
             save_checkpoint({'model': net.state_dict(), 'model_name': args.model, 'config': raw.config.to_dict(),
                              'iter': it, 'wandb_id': wandb_id, 'args': dict(vars(args)), 'metrics': metrics,
-                             'ema': bool(ema)}, os.path.join(run_dir, 'best.pt'))
+                             'ema_weights': bool(ema)}, os.path.join(run_dir, 'best.pt'))
         png = rd_plot(res, anchor, f'vtm-18.0 ({anchor_set})', os.path.join(run_dir, 'val_rd.png'),
                       f'{args.name} iter {it}')
         log = {**metrics, 'val/seconds': time.time() - t0}
-        if wb is not None and args.wbmode != 'disabled':
-            import wandb
+        if args.wbmode != 'disabled':
             log['val/rd_curve'] = wandb.Image(png)
         wb.log(log, step=it)
         tqdm.write(f'[iter {it}] val loss {metrics["val/loss"]:.4f}  bpp {metrics["val/bpp"]:.4f}  '
@@ -461,8 +463,6 @@ def main(argv=None):
 
     # ---- the training loop
     it, cur_epoch = start_iter, epoch
-    wb = wb if master else None
-    grad_norms = deque(maxlen=SPIKE_WINDOW)
     bad_in_row = images_seen = 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == 'bf16' else nullcontext()
     bar = tqdm(total=args.iterations, initial=start_iter, disable=not master, dynamic_ncols=True,

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from lvae.checkpoint import model_from_checkpoint
 from lvae.data import ImageFolderCrops, reflect_pad_to
 from lvae.images import load_image
 
@@ -219,6 +220,8 @@ def test_ddp_two_ranks_on_cpu(photos, valset, tmp_path):
     assert ckpts['last.pt']['iter'] == ckpts['last_ema.pt']['iter'] == 4
     assert len(ckpts['last.pt']['rng']) == 2
     assert ckpts['last_ema.pt']['config'] == ckpts['last.pt']['config']
+    model, _ = model_from_checkpoint(folder / 'last_ema.pt')       # what eval-var-rate.py --weights does
+    assert all(torch.equal(v, ckpts['last_ema.pt']['model'][k]) for k, v in model.state_dict().items())
     assert (folder / 'val_rd.png').stat().st_size > 0
     wandb_files = glob.glob(str(folder / 'wandb' / 'offline-run-*' / 'run-*.wandb'))
     assert len(wandb_files) == 1

@@ -14,7 +14,6 @@ last_ema.pt (EMA weights) and best.pt (the validated weights of the best BD-rate
 validation loss when the validation set has no anchor curve).
 """
 import argparse
-import ast
 import copy
 import glob
 import json
@@ -46,7 +45,8 @@ from lvae.checkpoint import load_file, load_weights, save_checkpoint
 from lvae.data import ImageFolderCrops, parse_transform
 from lvae.evaluation import evaluate_bound, lambda_grid, resolve_images
 from lvae.images import check_images
-from lvae.models.rd.model import RDConfig, VariableRateLossyVAE
+from lvae.cli import parse_model_args
+from lvae.models.rd.model import VariableRateLossyVAE
 from lvae.paths import known_datasets
 
 SPIKE_FACTOR = 10.0     # an update whose gradient norm exceeds this many times the recent median is skipped
@@ -118,31 +118,6 @@ def explicit_flags(parser, argv):
     for action in quiet._actions:
         action.default = argparse.SUPPRESS
     return vars(quiet.parse_args(argv))
-
-
-def parse_model_args(text):
-    """``"lmb_range=(4,2048), smooth_mean=False"`` -> dict; every value must be a Python literal and every
-    key an :class:`RDConfig` field. Nothing is evaluated: the text is parsed with :mod:`ast`."""
-    if not text.strip():
-        return {}
-    try:
-        call = ast.parse(f'_({text})', mode='eval').body
-    except SyntaxError as e:
-        raise UsageError(f'--model_args {text!r} is not a list of KEY=VALUE literals ({e.msg})') from None
-    if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
-        raise UsageError(f'--model_args {text!r}: expected comma-separated KEY=VALUE pairs, e.g. '
-                         f'"lmb_range=(4,2048)"')
-    out = {}
-    for kw in call.keywords:
-        if kw.arg not in RDConfig.__dataclass_fields__:
-            raise UsageError(f'--model_args: unknown config field {kw.arg!r}; known: '
-                             f'{", ".join(RDConfig.__dataclass_fields__)}')
-        try:
-            out[kw.arg] = ast.literal_eval(kw.value)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            raise UsageError(f'--model_args: the value of {kw.arg} must be a Python literal (number, string, '
-                             f'tuple, list, bool), got {ast.unparse(kw.value)!r}') from None
-    return out
 
 
 def lr_factor(it, iterations, sched='const-0.5-cos', warmup=0, lrf_min=0.01):

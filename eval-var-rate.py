@@ -16,7 +16,7 @@ import sys
 import torch
 
 import lvae
-from lvae.bdrate import DEFAULT_ANCHOR, bd_table, get_anchor, list_anchors, read_curve
+from lvae.bdrate import DEFAULT_ANCHOR, bd_table, get_anchor, resolve_anchor
 from lvae.checkpoint import download, is_url, load_file, load_weights, model_from_checkpoint, sha256_file
 from lvae.cli import parse_model_args
 from lvae.evaluation import (BPP_PIXELS, compile_for_eval, default_device, evaluate_bound, lambda_grid,
@@ -110,17 +110,6 @@ def load_model(args):
     return model, args.model, source, sha256_file(download(source) if is_url(source) else source)
 
 
-def reference_curve(anchor, test_set):
-    """The BD-rate reference ``(label, bpp, psnr)`` or None when the dataset has no shipped anchor."""
-    if os.path.isfile(anchor):
-        label, _, bpp, psnr = read_curve(anchor)
-        return label, bpp, psnr
-    if anchor not in list_anchors():
-        raise ValueError(f'--anchor {anchor!r} is neither a file nor a shipped codec ({", ".join(list_anchors())})')
-    curve = get_anchor(test_set, anchor)
-    return (f'{anchor.upper() if anchor.startswith("vtm") else anchor}', curve['bpp'], curve['psnr']) if curve else None
-
-
 def record(result, name, test_set, folder, model, model_name, weights, sha256, compiled):
     """The results JSON: CompressAI's layout (name, results: bpp / psnr-rgb) plus the evaluation's details."""
     return {
@@ -144,7 +133,7 @@ def main(argv=None):
         paths = resolve_images(args.dataset_name)
         folder = os.path.dirname(paths[0])
         test_set = dataset_name(args.dataset_name) or os.path.basename(os.path.normpath(folder))
-        reference = reference_curve(args.anchor, test_set)
+        reference = resolve_anchor(args.anchor, test_set, missing_ok=True)
         model, model_name, weights, sha256 = load_model(args)
         lambdas = lambda_grid(args.lmb_range or model.config.lmb_range, args.steps)
         if args.device is None:

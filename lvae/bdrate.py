@@ -117,8 +117,9 @@ def _fmt(value, spec):
     return format(value, spec) if np.isfinite(value) else 'n/a'
 
 
-def resolve_anchor(anchor, dataset):
-    """``anchor``: a shipped codec name or an R-D JSON path -> ``(label, bpp, psnr)``."""
+def resolve_anchor(anchor, dataset, missing_ok=False):
+    """``anchor``: a shipped codec name or an R-D JSON path -> ``(label, bpp, psnr)``; ``None`` when the codec
+    has no curve for ``dataset`` and ``missing_ok``."""
     if os.path.isfile(anchor):
         name, _, bpp, psnr = read_curve(anchor)
         return name, bpp, psnr
@@ -127,9 +128,11 @@ def resolve_anchor(anchor, dataset):
         raise ValueError(f'anchor {anchor!r} is neither a file nor a shipped codec ({", ".join(shipped)})')
     curve = get_anchor(dataset, anchor)
     if curve is None:
+        if missing_ok:
+            return None
         raise ValueError(f'no {anchor} curve for dataset {dataset!r}; shipped: {", ".join(shipped[anchor])}; '
                          f'pass --anchor ANCHOR.json for another dataset')
-    return f'{anchor} ({dataset})', curve['bpp'], curve['psnr']
+    return anchor.upper() if anchor.startswith('vtm') else anchor, curve['bpp'], curve['psnr']
 
 
 def main(argv=None):

@@ -108,6 +108,9 @@ def save_checkpoint(obj, path):
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared run folders unreadable to others
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -126,3 +129,29 @@ def model_from_checkpoint(source, map_location='cpu'):
     model = VariableRateLossyVAE.from_config(ckpt['config'])
     load_weights(model, ckpt)
     return model, ckpt
+
+
+def export_weights(source, path):
+    """Write the lean file a user shares or ships: weights (``'model'``), ``model_name``, ``config`` and ``iter``
+    of a training checkpoint (e.g. ``RUN/last_ema.pt``), without optimizer or RNG state. Returns its sha256."""
+    ckpt = load_file(source)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('config'), dict):
+        raise ValueError(f'{source} records no model config (expected a train-var-rate.py checkpoint)')
+    lean = {'model': state_dict_of(ckpt, os.fspath(source)), 'config': ckpt['config']}
+    lean.update({k: ckpt[k] for k in ('model_name', 'iter') if k in ckpt})
+    save_checkpoint(lean, path)
+    return sha256_file(path)
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(prog='python -m lvae.checkpoint',
+                                     description='Export the weights of a training checkpoint to a lean file.')
+    parser.add_argument('source', help='a train-var-rate.py checkpoint, e.g. runs/lvae/NAME/last_ema.pt')
+    parser.add_argument('output', help='the file to write')
+    args = parser.parse_args()
+    try:
+        digest = export_weights(args.source, args.output)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        parser.exit(2, f'error: {e}\n')
+    print(f'{args.output}: {os.path.getsize(args.output) / 1e6:.1f} MB, sha256 {digest}')

@@ -78,7 +78,7 @@ def test_cli_six_percent_fewer_bits_than_kodak_vtm_gives_minus_six(tmp_path, cap
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith('| cubic'))
     assert float(row.split('|')[2]) == pytest.approx(-6.0, abs=0.1)
-    assert 'vtm-18.0 (kodak)' in out
+    assert 'w.r.t. VTM-18.0 on kodak' in out
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):

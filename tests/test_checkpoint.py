@@ -131,3 +131,18 @@ def test_model_from_checkpoint(tmp_path):
                                 'config': model.config.to_dict()}, path)
     rebuilt, ckpt = checkpoint.model_from_checkpoint(path)
     assert _same_weights(model, rebuilt) and ckpt['model_name'] == 'rd_model_tiny'
+
+
+def test_export_weights_keeps_only_what_rebuilds_the_model(tmp_path, tiny_ckpt):
+    model = lvae.get_model('rd_model_tiny')
+    run = tmp_path / 'last_ema.pt'
+    checkpoint.save_checkpoint({'model': model.state_dict(), 'model_name': 'rd_model_tiny', 'iter': 7,
+                                'config': model.config.to_dict(), 'optimizer': {'state': {}}}, run)
+    out = tmp_path / 'lean.pt'
+    digest = checkpoint.export_weights(run, out)
+    assert digest == checkpoint.sha256_file(out)
+    lean = torch.load(out, weights_only=True)
+    assert set(lean) == {'model', 'model_name', 'config', 'iter'} and lean['iter'] == 7
+    assert _same_weights(model, checkpoint.model_from_checkpoint(out)[0])
+    with pytest.raises(ValueError, match='records no model config'):
+        checkpoint.export_weights(tiny_ckpt[1], tmp_path / 'x.pt')

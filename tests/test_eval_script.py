@@ -61,7 +61,7 @@ def test_errors_are_one_line_messages(script, odd_dir, capsys, tmp_path):
         (['--dataset_name', 'no-such-set'], "unknown dataset 'no-such-set'"),
         (['--model', 'rd_model_tiny'], "no pretrained weights are registered for 'rd_model_tiny'"),
         (['--weights', str(tmp_path / 'missing.pt')], 'checkpoint not found'),
-        (['--anchor', 'x265'], "--anchor 'x265' is neither a file nor a shipped codec"),
+        (['--anchor', 'x265'], "anchor 'x265' is neither a file nor a shipped codec"),
     ]
     for argv, message in cases:
         assert script.main(argv + ['--dataset_name', odd_dir] * ('--dataset_name' not in argv)) == 2, argv

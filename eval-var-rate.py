@@ -4,7 +4,7 @@ Examples::
 
     python eval-var-rate.py                                    # rd_model_small's registered weights on Kodak
     python eval-var-rate.py --model rd_model_base --dataset_name tecnick-rgb-1200 --bpp-pixels padded
-    python eval-var-rate.py --weights runs/rd_model_small/last.pt --dataset_name /data/my-photos \\
+    python eval-var-rate.py --weights runs/lvae/my_run/last_ema.pt --dataset_name /data/my-photos \\
         --anchor results/jpeg-my-photos.json
     python eval-var-rate.py --model rd_model_tiny --random-init --steps 4   # smoke test, meaningless numbers
 """

@@ -1,6 +1,6 @@
 """Train a variable-rate R(D) bound model (Duan et al., ICIP 2023): one training loop configured by flags.
 
-One process per device. Examples (see docs/training.md)::
+One process per device. Examples (see the README, "Training")::
 
     python train-var-rate.py --model rd_model_base                           # one GPU (or CPU)
     torchrun --nproc_per_node 4 train-var-rate.py --model rd_model_base      # DDP on 4 GPUs

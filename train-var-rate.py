@@ -332,7 +332,7 @@ def main(argv=None):
                                                    ('bad_steps', 'spikes', 'skipped_images'))
     else:
         model = lvae.get_model(args.model, pretrained=args.weights or False, **args.model_kw)
-    model.to(device).train()
+    model.to(device, memory_format=torch.channels_last).train()  # no layout copies in the ConvNeXt blocks
     raw = model
     optimizer = torch.optim.Adam(raw.parameters(), lr=args.lr, fused=device.type == 'cuda')
     ema = None

@@ -196,7 +196,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     if not paths:
         raise InvalidImagesError(bad) if bad else ValueError('no images to evaluate')
     device = torch.device(device) if device is not None else default_device()
-    model = model.to(device).eval()
+    model = model.to(device, memory_format=torch.channels_last).eval()  # no layout copies in the blocks
     sizer = _BatchSizer(device, lmb_batch)
 
     L, K = len(lambdas), int(samples)

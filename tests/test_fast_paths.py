@@ -31,7 +31,7 @@ def test_adaln_fold_matches_the_reference_block(memory_format, monkeypatch):
     ref = block_outputs(block, x, emb, False, monkeypatch)
     fast = block_outputs(block, x, emb, True, monkeypatch)
     for a, b in zip(ref, fast):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
 
 
 def test_the_fold_is_used_at_high_resolution_only(monkeypatch):

@@ -16,7 +16,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
 
 ROOFLINE_N = 2048  # the roofline is the rate of one dense ROOFLINE_N x ROOFLINE_N matmul
 
@@ -105,10 +105,21 @@ class Roofline:
         return flops_per_s / self.rates[precision]
 
 
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None):
+    """FLOPs of ``aten.convolution_backward``: the input gradient and the weight gradient each cost what the
+    forward does. (torch's own formula ignores ``groups``: it counts a depthwise convolution's backward C
+    times over, which would inflate rd_model_base's training FLOPs 4x.)"""
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
 def count_flops(fn):
     """FLOPs of one call of ``fn()`` (forward and, when ``fn`` calls it, backward), as counted by
-    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, depthwise included)."""
-    with FlopCounterMode(display=False) as counter:
+    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, depthwise included), with
+    :func:`_conv_backward_flop` for convolution backward."""
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop}) \
+            as counter:
         fn()
     return counter.get_total_flops()
 

@@ -22,7 +22,9 @@ from lvae.models.rd.model import MAX_STRIDE
 from lvae.paths import dataset_path
 
 BPP_PIXELS = ('original', 'padded')
-CPU_PIXELS_PER_FORWARD = 8_000_000  # lambdas batched per forward on CPU: up to this many padded pixels
+# Lambdas batched per forward on CPU: up to this many padded pixels. On a 2-core Xeon, 16 lambdas of a Kodak
+# image in one forward took 1.3x longer than 16 forwards (benchmarks/RESULTS.md): batch small images only.
+CPU_PIXELS_PER_FORWARD = 512 * 768
 
 
 class InvalidImagesError(ValueError):

@@ -103,7 +103,7 @@ def main():
     h, w = im.shape[2:]
     benchlib.report(f'Evaluation (forward_end2end, one {w}x{h} image, inference mode)',
                     [('Forward', rows, COLUMNS), (f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS)],
-                    benchlib.machine(device), roofline, args.json)
+                    benchlib.machine(device, args), roofline, args.json)
 
 
 if __name__ == '__main__':

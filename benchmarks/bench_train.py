@@ -92,7 +92,7 @@ def main():
         r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
     benchlib.report(f'Training step (batch {args.batch_size}, {args.crop}x{args.crop}, forward + backward)',
                     [('Training step', rows, COLUMNS), ('Data loading alone', loader_rows, DATA_COLUMNS)],
-                    benchlib.machine(device), roofline, args.json)
+                    benchlib.machine(device, args), roofline, args.json)
 
 
 if __name__ == '__main__':

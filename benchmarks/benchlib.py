@@ -18,6 +18,8 @@ if REPO not in sys.path:
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
 
+from lvae.memory import reuse_freed_memory  # noqa: E402
+
 ROOFLINE_N = 2048  # the roofline is the rate of one dense ROOFLINE_N x ROOFLINE_N matmul
 
 
@@ -31,25 +33,31 @@ def base_parser(description):
     p.add_argument('--amp', choices=('bf16',), default=None, help='also time a bf16 autocast row')
     p.add_argument('--compile', action='store_true', help='also time a torch.compile row')
     p.add_argument('--json', default=None, help='write the results here')
+    p.add_argument('--glibc-malloc', action='store_true', help="keep glibc's default malloc on CPU (mmap and "
+                   'unmap every large tensor) instead of lvae.memory.reuse_freed_memory()')
     return p
 
 
 def setup(args):
-    """Threads and seed from ``args``; returns the torch.device."""
+    """Threads, seed and host memory reuse (as the scripts do on CPU) from ``args``; returns the torch.device."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    return torch.device(args.device)
+    device = torch.device(args.device)
+    reused = device.type == 'cpu' and not args.glibc_malloc and reuse_freed_memory()
+    args.host_memory = 'reused (lvae.memory)' if reused else 'glibc default'
+    return device
 
 
-def machine(device):
-    """Where the figures come from: CPU model (lscpu), threads, torch version, GPU name."""
+def machine(device, args):
+    """Where the figures come from: CPU model (lscpu), threads, host memory setting, torch version, GPU."""
     try:
         lines = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout.splitlines()
         cpu = next(line.split(':', 1)[1].strip() for line in lines if line.startswith('Model name'))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         cpu = platform.processor() or 'unknown'
     return {'cpu': cpu, 'cpu_count': os.cpu_count(), 'threads': torch.get_num_threads(), 'torch': torch.__version__,
+            'host_memory': args.host_memory,
             'python': platform.python_version(),
             'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None}
 
@@ -137,7 +145,8 @@ def report(title, sections, meta, roofline, json_path):
     """Print the machine, the rooflines and each ``(heading, rows, columns)`` section as markdown; write
     everything to ``json_path`` when given."""
     print(f'## {title}\n')
-    print(f"Machine: {meta['cpu']} ({meta['cpu_count']} CPUs, {meta['threads']} torch threads)"
+    print(f"Machine: {meta['cpu']} ({meta['cpu_count']} CPUs, {meta['threads']} torch threads, host memory "
+          f"{meta['host_memory']})"
           + (f", GPU {meta['gpu']}" if meta['gpu'] else '') + f", torch {meta['torch']}")
     print('Roofline (2048x2048 matmul, best of 10): '
           + ', '.join(f'{k} {v / 1e9:.1f} GFLOP/s' for k, v in roofline.rates.items()) + '\n')

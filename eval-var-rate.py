@@ -21,6 +21,7 @@ from lvae.checkpoint import download, is_url, load_file, load_weights, model_fro
 from lvae.cli import parse_model_args
 from lvae.evaluation import (BPP_PIXELS, compile_for_eval, default_device, evaluate_bound, lambda_grid,
                              resolve_images)
+from lvae.memory import reuse_freed_memory
 from lvae.models.rd.zoo import PRETRAINED, WEIGHTS_DIR
 from lvae.paths import dataset_name
 from lvae.plotting import plot_rd
@@ -142,6 +143,8 @@ def main(argv=None):
                 print('note: no CUDA device found, evaluating on the CPU (slow for large models)', file=sys.stderr)
         else:
             device = torch.device(args.device)
+        if device.type == 'cpu':
+            reuse_freed_memory()  # no page faults for every activation (lvae.memory)
         model = model.to(device).eval()
         compiled = compile_for_eval(model) if args.compile else False
         result = evaluate_bound(model, paths, lambdas, device=device, bpp_pixels=args.bpp_pixels,

@@ -45,6 +45,7 @@ from lvae.checkpoint import load_file, load_weights, save_checkpoint
 from lvae.data import ImageFolderCrops, parse_transform
 from lvae.evaluation import evaluate_bound, lambda_grid, resolve_images
 from lvae.images import check_images
+from lvae.memory import reuse_freed_memory
 from lvae.cli import parse_model_args
 from lvae.models.rd.model import VariableRateLossyVAE
 from lvae.paths import known_datasets
@@ -313,6 +314,8 @@ def main(argv=None):
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    else:
+        reuse_freed_memory()  # no page faults for every activation (lvae.memory)
     if ddp:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=timedelta(minutes=60))
     if args.fixseed:
@@ -332,7 +335,7 @@ def main(argv=None):
                                                    ('bad_steps', 'spikes', 'skipped_images'))
     else:
         model = lvae.get_model(args.model, pretrained=args.weights or False, **args.model_kw)
-    model.to(device).train()
+    model.to(device, memory_format=torch.channels_last).train()  # no layout copies in the ConvNeXt blocks
     raw = model
     optimizer = torch.optim.Adam(raw.parameters(), lr=args.lr, fused=device.type == 'cuda')
     ema = None

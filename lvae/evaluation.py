@@ -22,7 +22,9 @@ from lvae.models.rd.model import MAX_STRIDE
 from lvae.paths import dataset_path
 
 BPP_PIXELS = ('original', 'padded')
-CPU_PIXELS_PER_FORWARD = 8_000_000  # lambdas batched per forward on CPU: up to this many padded pixels
+# Lambdas batched per forward on CPU: up to this many padded pixels. On a 2-core Xeon, 16 lambdas of a Kodak
+# image in one forward took 1.3x longer than 16 forwards (benchmarks/RESULTS.md): batch small images only.
+CPU_PIXELS_PER_FORWARD = 512 * 768
 
 
 class InvalidImagesError(ValueError):
@@ -196,7 +198,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     if not paths:
         raise InvalidImagesError(bad) if bad else ValueError('no images to evaluate')
     device = torch.device(device) if device is not None else default_device()
-    model = model.to(device).eval()
+    model = model.to(device, memory_format=torch.channels_last).eval()  # no layout copies in the blocks
     sizer = _BatchSizer(device, lmb_batch)
 
     L, K = len(lambdas), int(samples)

@@ -12,6 +12,9 @@ from timm.layers import Mlp
 
 # Upper end of the lambda scale used by the sinusoidal embedding (SPEC: s = ln(lmb) * P / ln 8192).
 MAX_LMB = 8192.0
+# ConvNeXt blocks fold AdaLN into fc1 when each image has at least this many pixels per channel (below,
+# the per-image weight copies cost more than the activation pass they save).
+FOLD_PIXELS_PER_CHANNEL = 2
 
 
 def conv_k1s1(cin, cout):
@@ -100,9 +103,22 @@ class ConvNeXtBlockAdaLN(nn.Module):
         """The block's branch before ``gamma``, channels-last: (B, C, H, W) -> (B, H, W, C)."""
         h = self.conv_dw(x).permute(0, 2, 3, 1)  # a view: no copy when x is channels_last
         h = F.layer_norm(h, (self.dim,), eps=1e-6)
-        shift, scale = self.embedding_layer(emb).view(-1, 1, 1, 2 * self.dim).chunk(2, dim=3)
-        h = torch.addcmul(shift, h, 1 + scale)
-        return self.mlp(h)
+        shift, scale = self.embedding_layer(emb).chunk(2, dim=1)  # (B, C) each
+        if h.shape[1] * h.shape[2] >= FOLD_PIXELS_PER_CHANNEL * self.dim:
+            h = self._fc1_folded(h, shift, scale)
+        else:
+            h = self.mlp.fc1(torch.addcmul(shift[:, None, None], h, 1 + scale[:, None, None]))
+        return self.mlp.fc2(self.mlp.act(h))  # timm's Mlp without dropout or norm (both identities here)
+
+    def _fc1_folded(self, h, shift, scale):
+        """``fc1(h * (1 + scale) + shift)`` with the per-image affine folded into fc1's weights, which saves
+        the AdaLN pass over the activations (and its backward): (B, H, W, C) -> (B, H, W, 2C)."""
+        fc1 = self.mlp.fc1
+        weight = fc1.weight * (1 + scale[:, None, :])  # (B, 2C, C)
+        bias = torch.addmm(fc1.bias, shift, fc1.weight.t())  # (B, 2C)
+        nb, nh, nw, c = h.shape
+        out = torch.baddbmm(bias[:, None, :], h.reshape(nb, nh * nw, c), weight.transpose(1, 2))
+        return out.view(nb, nh, nw, -1)
 
     def forward(self, x, emb):
         h = self.residual(x, emb).permute(0, 3, 1, 2)

@@ -1,0 +1,110 @@
+"""Evaluation throughput: ``forward_end2end`` of one image under inference mode, per model and fast path,
+in megapixels x lambdas per second with its FLOP rate and ratio to the same-run matmul roofline; and one
+image at 16 lambdas, all in one forward (``lmb_batch=16``) vs 16 single-lambda forwards, with the
+largest difference between their results.
+
+    python benchmarks/bench_eval.py --threads 2 --json benchmarks/results/eval.json
+"""
+import numpy as np
+import torch
+
+import benchlib
+import lvae
+from lvae.evaluation import _BatchSizer, _seed, bound_of_image, compile_for_eval, lambda_grid
+from lvae.images import load_image
+
+COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('forward_s', 'forward (s)', '.3f'),
+           ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'), ('gflop_per_forward', 'GFLOP/forward', '.0f'),
+           ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f')]
+BATCH_COLUMNS = [('model', 'model', 's'), ('lambdas', 'lambdas', 'd'), ('single_s', '1 per forward (s)', '.2f'),
+                 ('batched_s', 'batched (s)', '.2f'), ('per_forward', 'lambdas/forward', 'd'),
+                 ('speedup', 'speedup', '.2f'), ('max_abs_bits_diff', 'max |d bits|', '.3g'),
+                 ('max_rel_bits_diff', 'max rel d bits', '.2g'), ('max_abs_mse_diff', 'max |d mse|', '.2g'),
+                 ('batched_roofline_ratio', 'batched x roofline', '.2f')]
+
+
+def forward(model, im, lmb, device, amp):
+    @torch.inference_mode()
+    def run():
+        with benchlib.autocast(device, amp):
+            model.forward_end2end(im, lmb)
+    return run
+
+
+def bench_model(name, im, args, device, roofline):
+    model = lvae.get_model(name).to(device).eval()
+    lmb = torch.tensor([64.0], device=device)
+    flops = benchlib.count_flops(forward(model, im, lmb, device, None))
+    mpix = im.shape[2] * im.shape[3] / 1e6
+    rows = []
+
+    def row(variant, run, precision='fp32'):
+        best, median = benchlib.time_it(run, device, args.repeats)
+        rate = flops / best
+        rows.append({'model': name, 'variant': variant, 'forward_s': best, 'forward_median_s': median,
+                     'mpix_lmb_per_s': mpix / best, 'gflop_per_forward': flops / 1e9, 'gflop_per_s': rate / 1e9,
+                     'roofline_ratio': roofline.ratio(rate, precision), 'precision': precision,
+                     'height': im.shape[2], 'width': im.shape[3]})
+        print(benchlib.markdown_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+
+    for variant, memory_format, fold in benchlib.VARIANTS:
+        with benchlib.variant(model, device, memory_format, fold) as m:
+            row(variant, forward(m, im, lmb, device, None))
+    if args.amp:
+        row(f'channels_last + amp {args.amp}', forward(model, im, lmb, device, args.amp), args.amp)
+    if args.compile:
+        compile_for_eval(model)
+        row('channels_last + compile', forward(model, im, lmb, device, None))
+    return model, flops, rows
+
+
+def bench_lambda_batching(name, model, flops, im, args, device, roofline):
+    """16 lambdas of one image: one forward per lambda vs all in one (same seeds, so the same draws)."""
+    lambdas = lambda_grid(model.config.lmb_range, args.lambdas)
+    seeds = [_seed(0, 0, 0, j) for j in range(len(lambdas))]
+    results, seconds = {}, {}
+    for key, lmb_batch in (('single', 1), ('batched', len(lambdas))):
+        def run():
+            results[key] = bound_of_image(model, im[0], lambdas, seeds, sizer=_BatchSizer(device, lmb_batch))
+        seconds[key], _ = benchlib.time_it(run, device, args.lambda_repeats, warmup=0)
+    (bits1, mse1), (bits2, mse2) = results['single'], results['batched']
+    rate = flops * len(lambdas) / seconds['batched']
+    return {'model': name, 'lambdas': len(lambdas), 'height': im.shape[2], 'width': im.shape[3],
+            'single_s': seconds['single'], 'batched_s': seconds['batched'],
+            'per_forward': len(lambdas),
+            'speedup': seconds['single'] / seconds['batched'],
+            'max_abs_bits_diff': float(np.abs(bits1 - bits2).max()),
+            'max_rel_bits_diff': float(np.abs(bits1 / bits2 - 1).max()),
+            'max_abs_mse_diff': float(np.abs(mse1 - mse2).max()),
+            'batched_gflop_per_s': rate / 1e9}
+
+
+def main():
+    p = benchlib.base_parser(__doc__.splitlines()[0])
+    p.add_argument('--image', default='../shared/datasets/kodak/kodim01.png', help='a Kodak-sized image (768x512)')
+    p.add_argument('--lambdas', type=int, default=16)
+    p.add_argument('--lambda_repeats', type=int, default=1, help='timed repeats of the 16-lambda comparison')
+    args = p.parse_args()
+    device = benchlib.setup(args)
+    im = load_image(args.image)[None].to(device)
+    roofline = benchlib.Roofline(device, bf16=args.amp == 'bf16')
+    rows, batch_rows = [], []
+    for name in args.models:
+        model, flops, model_rows = bench_model(name, im, args, device, roofline)
+        rows += model_rows
+        model.to(memory_format=torch.channels_last)
+        batch_rows.append(bench_lambda_batching(name, model, flops, im, args, device, roofline))
+        print(benchlib.markdown_table(batch_rows[-1:], BATCH_COLUMNS[:-1]).splitlines()[-1], flush=True)
+    roofline.measure()
+    for r in rows:
+        r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
+    for r in batch_rows:
+        r['batched_roofline_ratio'] = roofline.ratio(r['batched_gflop_per_s'] * 1e9)
+    h, w = im.shape[2:]
+    benchlib.report(f'Evaluation (forward_end2end, one {w}x{h} image, inference mode)',
+                    [('Forward', rows, COLUMNS), (f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS)],
+                    benchlib.machine(device, args), roofline, args.json)
+
+
+if __name__ == '__main__':
+    main()

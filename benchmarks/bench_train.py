@@ -1,0 +1,99 @@
+"""Training throughput: one step = ``model(im, lmb=...)`` then ``loss.backward()`` on a batch of random crops,
+per model and fast path, with its FLOP rate and ratio to the same-run matmul roofline; and the data loader
+alone (train-var-rate.py's DataLoader settings over an image folder), in images/s.
+
+    python benchmarks/bench_train.py --threads 2 --json benchmarks/results/train.json
+"""
+import itertools
+import os
+import time
+
+import benchlib
+import torch
+from torch.utils.data import DataLoader
+
+import lvae
+from lvae.data import ImageFolderCrops
+
+COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('step_s', 'step (s)', '.3f'),
+           ('images_per_s', 'images/s', '.2f'), ('gflop_per_step', 'GFLOP/step', '.0f'),
+           ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f')]
+DATA_COLUMNS = [('folder', 'folder', 's'), ('workers', 'workers', 'd'), ('batch_size', 'batch', 'd'),
+                ('crop', 'crop', 'd'), ('images_per_s', 'images/s', '.1f')]
+
+
+def train_step(model, im, lmb, device, amp):
+    def step():
+        model.zero_grad(set_to_none=True)
+        with benchlib.autocast(device, amp):
+            out = model(im, lmb=lmb)
+        out['loss'].backward()
+    return step
+
+
+def bench_model(name, args, device, roofline):
+    model = lvae.get_model(name).to(device).train()
+    im = torch.rand(args.batch_size, 3, args.crop, args.crop, device=device)
+    lmb = torch.tensor(model.default_lambdas(args.batch_size), device=device)  # fixed: comparable rows
+    flops = benchlib.count_flops(train_step(model, im, lmb, device, None))
+    rows = []
+
+    def row(variant, step, precision='fp32'):
+        best, median = benchlib.time_it(step, device, args.repeats)
+        rate = flops / best
+        rows.append({'model': name, 'variant': variant, 'step_s': best, 'step_median_s': median,
+                     'images_per_s': args.batch_size / best, 'gflop_per_step': flops / 1e9, 'gflop_per_s': rate / 1e9,
+                     'roofline_ratio': roofline.ratio(rate, precision), 'precision': precision,
+                     'batch_size': args.batch_size, 'crop': args.crop})
+        print(benchlib.markdown_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+
+    for variant, memory_format, fold in benchlib.VARIANTS:
+        with benchlib.variant(model, device, memory_format, fold) as m:
+            row(variant, train_step(m, im, lmb, device, None))
+    if args.amp:
+        row(f'channels_last + amp {args.amp}', train_step(model, im, lmb, device, args.amp), args.amp)
+    if args.compile:
+        row('channels_last + compile', train_step(torch.compile(model), im, lmb, device, None))
+    return rows
+
+
+def bench_loader(args, device):
+    """Images/s of the training DataLoader alone (decode, crop, flip, collate), after its first batch."""
+    dataset = ImageFolderCrops(args.trainset, crop=args.crop)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                        pin_memory=device.type == 'cuda', persistent_workers=args.workers > 0, drop_last=True)
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    next(batches)  # workers started
+    n = max(args.loader_batches, 1)
+    t = time.perf_counter()
+    for _ in range(n):
+        im, _ = next(batches)
+        if device.type == 'cuda':
+            im.to(device, non_blocking=True)
+    seconds = time.perf_counter() - t
+    return [{'folder': args.trainset, 'workers': args.workers, 'batch_size': args.batch_size, 'crop': args.crop,
+             'images': n * args.batch_size, 'seconds': seconds, 'images_per_s': n * args.batch_size / seconds}]
+
+
+def main():
+    p = benchlib.base_parser(__doc__.splitlines()[0])
+    p.add_argument('--batch_size', type=int, default=4)
+    p.add_argument('--crop', type=int, default=256)
+    p.add_argument('--trainset', default='../shared/datasets/photos', help='folder for the data-loading row')
+    p.add_argument('--workers', type=int, default=min(4, len(os.sched_getaffinity(0))), help='DataLoader workers')
+    p.add_argument('--loader_batches', type=int, default=50)
+    args = p.parse_args()
+    device = benchlib.setup(args)
+    roofline = benchlib.Roofline(device, bf16=args.amp == 'bf16')
+    rows = [r for name in args.models for r in bench_model(name, args, device, roofline)]
+    loader_rows = bench_loader(args, device)
+    roofline.measure()
+    for r in rows:  # against the best roofline seen in the run
+        r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
+    benchlib.report(f'Training step (batch {args.batch_size}, {args.crop}x{args.crop}, forward + backward)',
+                    [('Training step', rows, COLUMNS), ('Data loading alone', loader_rows, DATA_COLUMNS)],
+                    benchlib.machine(device, args), roofline, args.json)
+
+
+if __name__ == '__main__':
+    main()

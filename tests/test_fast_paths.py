@@ -1,0 +1,72 @@
+"""The fast paths (issue 5) compute what the reference path computes: the AdaLN fold of the ConvNeXt block,
+channels_last models, in values and gradients."""
+import pytest
+import torch
+
+import lvae
+import lvae.layers
+from lvae.layers import ConvNeXtBlockAdaLN
+
+NEVER, ALWAYS = float('inf'), 0
+
+
+def block_outputs(block, x, emb, fold, monkeypatch):
+    """Output and gradients (input, embedding, every parameter) of ``block`` with the fold on or off."""
+    monkeypatch.setattr(lvae.layers, 'FOLD_PIXELS_PER_CHANNEL', ALWAYS if fold else NEVER)
+    x, emb = x.detach().clone().requires_grad_(), emb.detach().clone().requires_grad_()
+    block.zero_grad(set_to_none=True)
+    y = block(x, emb)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    return [y, x.grad, emb.grad] + [p.grad for p in block.parameters()]
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_adaln_fold_matches_the_reference_block(memory_format, monkeypatch):
+    torch.manual_seed(0)
+    block = ConvNeXtBlockAdaLN(16, 8).to(memory_format=memory_format)
+    with torch.no_grad():
+        block.gamma.fill_(0.5)  # a trained-like branch weight, so that the branch shows in the output
+    x = torch.randn(3, 16, 12, 10).contiguous(memory_format=memory_format)
+    emb = torch.randn(3, 8)  # three images with different conditioning
+    ref = block_outputs(block, x, emb, False, monkeypatch)
+    fast = block_outputs(block, x, emb, True, monkeypatch)
+    for a, b in zip(ref, fast):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+
+
+def test_the_fold_is_used_at_high_resolution_only(monkeypatch):
+    block = ConvNeXtBlockAdaLN(16, 8)
+    calls = []
+    monkeypatch.setattr(ConvNeXtBlockAdaLN, '_fc1_folded', lambda self, h, shift, scale: calls.append(h.shape)
+                        or self.mlp.fc1(torch.addcmul(shift[:, None, None], h, 1 + scale[:, None, None])))
+    block(torch.randn(1, 16, 4, 4), torch.randn(1, 8))  # 16 pixels < 2 x 16 channels
+    assert calls == []
+    block(torch.randn(1, 16, 8, 4), torch.randn(1, 8))  # 32 pixels
+    assert calls == [(1, 8, 4, 16)]
+
+
+def model_outputs(model, im, lmb):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    out = model(im, lmb=lmb)
+    out['loss'].backward()
+    return out, {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize('fold', [False, True])
+def test_channels_last_and_fold_give_the_reference_loss_and_gradients(fold, monkeypatch):
+    torch.manual_seed(0)
+    model = lvae.get_model('rd_model_tiny')
+    im, lmb = torch.rand(2, 3, 128, 128), torch.tensor([8.0, 512.0])
+    monkeypatch.setattr(lvae.layers, 'FOLD_PIXELS_PER_CHANNEL', NEVER)
+    ref, ref_grads = model_outputs(model, im, lmb)
+    monkeypatch.setattr(lvae.layers, 'FOLD_PIXELS_PER_CHANNEL', ALWAYS if fold else NEVER)
+    keys = list(model.state_dict())
+    model.to(memory_format=torch.channels_last)
+    out, grads = model_outputs(model, im, lmb)
+    assert list(model.state_dict()) == keys
+    for key in ('loss', 'bppix', 'psnr'):
+        assert float(torch.as_tensor(out[key]).detach()) == pytest.approx(float(torch.as_tensor(ref[key]).detach()),
+                                                                        rel=1e-5)
+    for key, g in ref_grads.items():
+        torch.testing.assert_close(grads[key], g, rtol=1e-4, atol=1e-6 * g.abs().max().item(), msg=key)

@@ -49,7 +49,8 @@ def get_args(argv=None):
                    help="checkpoint; one that records its 'config' rebuilds the model by itself, otherwise "
                         'the weights are loaded into --model')
     w.add_argument('--pretrained', action='store_true',
-                   help="the model's registered weights (the default when --weights is not given)")
+                   help="the model's registered weights (an error if it has none); the default when --weights is "
+                        'not given, where a model without registered weights is evaluated untrained, with a warning')
     w.add_argument('--random-init', action='store_true', help='evaluate an untrained model (smoke tests)')
     g = p.add_argument_group('evaluation')
     g.add_argument('--dataset_name', default='kodak', help='known dataset name or image folder (default: kodak)')
@@ -98,6 +99,11 @@ def load_model(args):
             except ValueError as e:
                 raise ValueError(f'{args.weights}: {e}') from None
         return model, name, args.weights, sha256_file(path)
+    if args.model not in PRETRAINED and not args.pretrained and not args.random_init:
+        print(f'warning: no weights are registered for {args.model}: evaluating an UNTRAINED model (random '
+              f'weights, --seed {args.seed}); its numbers mean nothing. Pass --weights PATH_OR_URL for a trained '
+              f'one.', file=sys.stderr)
+        args.random_init = True
     if args.random_init:
         torch.manual_seed(args.seed)  # reproducible untrained weights
         return lvae.get_model(args.model, **overrides), args.model, None, None

@@ -2,9 +2,10 @@
 
 With glibc's defaults every large tensor (above a threshold of at most 32 MB) gets a fresh ``mmap`` and is
 unmapped when freed, so the next activation of that size faults its pages in again, zero-filled by the kernel.
-On a CPU that kernel time is a large part of a step: for ``rd_model_base`` (batch 4 at 256x256, 2 cores) it
-was 7-8 s of a 16.6 s training step, and a 16-lambda forward of a Kodak image spent about a third of its time
-there. :func:`reuse_freed_memory` turns that off; the process then keeps its peak memory until it exits.
+On a CPU that kernel time can be a large part of the work: a 16-lambda forward of a Kodak image through
+``rd_model_small`` took 1.1 million page faults and 1.65 s of kernel time for 2.5 s of compute
+(benchmarks/RESULTS.md). :func:`reuse_freed_memory` turns that off; the process then keeps its peak memory
+until it exits.
 """
 import ctypes
 import sys

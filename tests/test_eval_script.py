@@ -34,8 +34,9 @@ def kodak3(kodak_dir, tmp_path_factory):
 
 
 def test_script_writes_json_png_and_bd_table(kodak3, tmp_path):
+    """The issue's command: a model without registered weights is evaluated untrained, with a warning."""
     out = tmp_path / 'res' / 'tiny.json'
-    run = subprocess.run([sys.executable, SCRIPT, '--model', 'rd_model_tiny', '--random-init', '--dataset_name',
+    run = subprocess.run([sys.executable, SCRIPT, '--model', 'rd_model_tiny', '--dataset_name',
                           kodak3, '--steps', '4', '--device', 'cpu', '--output', str(out), '--no-progress'],
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -50,6 +51,7 @@ def test_script_writes_json_png_and_bd_table(kodak3, tmp_path):
     assert data['per_image'][0]['height'] == 512 and data['per_image'][0]['width'] == 768
     assert data['bpp_pixels'] == 'original' and data['samples'] == 1 and data['seed'] == 0
     assert data['device'] == 'cpu' and data['torch'] == torch.__version__ and data['weights_sha256'] is None
+    assert 'warning: no weights are registered for rd_model_tiny: evaluating an UNTRAINED model' in run.stderr
     assert 'Traceback' not in run.stderr
 
 
@@ -59,7 +61,7 @@ def test_errors_are_one_line_messages(script, odd_dir, capsys, tmp_path):
         (['--model_args', 'lmb_range=__import__("os")'], 'must be a Python literal'),
         (['--model', 'no_such_model'], "unknown model 'no_such_model'"),
         (['--dataset_name', 'no-such-set'], "unknown dataset 'no-such-set'"),
-        (['--model', 'rd_model_tiny'], "no pretrained weights are registered for 'rd_model_tiny'"),
+        (['--model', 'rd_model_tiny', '--pretrained'], "no pretrained weights are registered for 'rd_model_tiny'"),
         (['--weights', str(tmp_path / 'missing.pt')], 'checkpoint not found'),
         (['--anchor', 'x265'], "anchor 'x265' is neither a file nor a shipped codec"),
     ]

@@ -1,4 +1,4 @@
-"""The fast paths (issue 5) compute what the reference path computes: the AdaLN fold of the ConvNeXt block,
+"""The fast paths compute what the reference path computes: the AdaLN fold of the ConvNeXt block,
 channels_last models, in values and gradients."""
 import pytest
 import torch

@@ -1,32 +1,29 @@
-"""lvae.memory.reuse_freed_memory: a second large tensor reuses the first one's pages (no page faults)."""
+"""lvae.memory.reuse_freed_memory: large tensors come from the process heap (kept and reused when freed)
+instead of a fresh mmap each (page-faulted in again at every use). The time this saves is measured in
+benchmarks/RESULTS.md; here the allocation policy is checked."""
 import subprocess
 import sys
 
 import pytest
 
 SCRIPT = '''
-import resource, sys, torch
+import sys, torch
 from lvae.memory import reuse_freed_memory
 applied = reuse_freed_memory() if sys.argv[1] == 'reuse' else None
-faults = []
-for _ in range(2):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.empty(64 << 20, dtype=torch.uint8).fill_(1)   # 64 MB, written, then freed
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(applied, faults[1])
+ptr = torch.empty(64 << 20, dtype=torch.uint8).data_ptr()
+heaps = [[int(x, 16) for x in line.split()[0].split('-')] for line in open('/proc/self/maps')
+         if line.rstrip().endswith('[heap]')]
+print(applied, any(lo <= ptr < hi for lo, hi in heaps))
 '''
 
 
-def second_allocation_faults(mode):
+def allocation(mode):
+    """(whether reuse_freed_memory applied, whether a 64 MB tensor lies in the [heap] mapping)"""
     out = subprocess.run([sys.executable, '-c', SCRIPT, mode], capture_output=True, text=True, check=True).stdout
-    applied, faults = out.split()
-    return applied, int(faults)
+    return tuple(out.split())
 
 
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt: Linux only')
-def test_freed_memory_is_reused_without_page_faults():
-    _, default_faults = second_allocation_faults('default')
-    applied, reuse_faults = second_allocation_faults('reuse')
-    assert applied == 'True'
-    assert default_faults >= 32           # 64 MB faulted in again: 16,384 pages of 4 KB (32 huge pages)
-    assert reuse_faults * 10 < default_faults
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt and /proc: Linux only')
+def test_large_tensors_come_from_the_heap():
+    assert allocation('default') == ('None', 'False')  # glibc's default: a separate mmap, unmapped when freed
+    assert allocation('reuse') == ('True', 'True')

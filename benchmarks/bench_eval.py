@@ -13,8 +13,8 @@ import lvae
 from lvae.evaluation import _BatchSizer, _seed, bound_of_image, compile_for_eval, lambda_grid
 from lvae.images import load_image
 
-COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('forward_s', 'forward (s)', '.3f'),
-           ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'), ('gflop_per_forward', 'GFLOP/forward', '.0f'),
+COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'forward (s)', '.3f'),
+           ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'), ('gflop', 'GFLOP/forward', '.0f'),
            ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f')]
 BATCH_COLUMNS = [('model', 'model', 's'), ('lambdas', 'lambdas', 'd'), ('single_s', '1 per forward (s)', '.2f'),
                  ('batched_s', 'batched (s)', '.2f'), ('per_forward', 'lambdas/forward', 'd'),
@@ -31,6 +31,12 @@ def forward(model, im, lmb, device, amp):
     return run
 
 
+def compiled(model):
+    """``model`` with its ConvNeXt blocks compiled in place (they stay eager, with a warning, if that fails)."""
+    compile_for_eval(model)
+    return model
+
+
 def bench_model(name, im, args, device, roofline):
     model = lvae.get_model(name).to(device).eval()
     lmb = torch.tensor([64.0], device=device)
@@ -38,23 +44,13 @@ def bench_model(name, im, args, device, roofline):
     mpix = im.shape[2] * im.shape[3] / 1e6
     rows = []
 
-    def row(variant, run, precision='fp32'):
-        best, median = benchlib.time_it(run, device, args.repeats)
-        rate = flops / best
-        rows.append({'model': name, 'variant': variant, 'forward_s': best, 'forward_median_s': median,
-                     'mpix_lmb_per_s': mpix / best, 'gflop_per_forward': flops / 1e9, 'gflop_per_s': rate / 1e9,
-                     'roofline_ratio': roofline.ratio(rate, precision), 'precision': precision,
-                     'height': im.shape[2], 'width': im.shape[3]})
+    def add_row(variant, run, precision):
+        rows.append(benchlib.measure(run, flops, roofline, device, args.repeats, precision, model=name,
+                                     variant=variant, height=im.shape[2], width=im.shape[3]))
+        rows[-1]['mpix_lmb_per_s'] = mpix / rows[-1]['seconds']
         print(benchlib.markdown_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
 
-    for variant, memory_format, fold in benchlib.VARIANTS:
-        with benchlib.variant(model, device, memory_format, fold) as m:
-            row(variant, forward(m, im, lmb, device, None))
-    if args.amp:
-        row(f'channels_last + amp {args.amp}', forward(model, im, lmb, device, args.amp), args.amp)
-    if args.compile:
-        compile_for_eval(model)
-        row('channels_last + compile', forward(model, im, lmb, device, None))
+    benchlib.variant_rows(model, lambda m, amp: forward(m, im, lmb, device, amp), add_row, args, device, compiled)
     return model, flops, rows
 
 

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 import lvae
 from lvae.data import ImageFolderCrops
 
-COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('step_s', 'step (s)', '.3f'),
-           ('images_per_s', 'images/s', '.2f'), ('gflop_per_step', 'GFLOP/step', '.0f'),
+COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'step (s)', '.3f'),
+           ('images_per_s', 'images/s', '.2f'), ('gflop', 'GFLOP/step', '.0f'),
            ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f')]
 DATA_COLUMNS = [('folder', 'folder', 's'), ('workers', 'workers', 'd'), ('batch_size', 'batch', 'd'),
                 ('crop', 'crop', 'd'), ('images_per_s', 'images/s', '.1f')]
@@ -38,22 +38,14 @@ def bench_model(name, args, device, roofline):
     flops = benchlib.count_flops(train_step(model, im, lmb, device, None))
     rows = []
 
-    def row(variant, step, precision='fp32'):
-        best, median = benchlib.time_it(step, device, args.repeats)
-        rate = flops / best
-        rows.append({'model': name, 'variant': variant, 'step_s': best, 'step_median_s': median,
-                     'images_per_s': args.batch_size / best, 'gflop_per_step': flops / 1e9, 'gflop_per_s': rate / 1e9,
-                     'roofline_ratio': roofline.ratio(rate, precision), 'precision': precision,
-                     'batch_size': args.batch_size, 'crop': args.crop})
+    def add_row(variant, step, precision):
+        rows.append(benchlib.measure(step, flops, roofline, device, args.repeats, precision, model=name,
+                                     variant=variant, batch_size=args.batch_size, crop=args.crop))
+        rows[-1]['images_per_s'] = args.batch_size / rows[-1]['seconds']
         print(benchlib.markdown_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
 
-    for variant, memory_format, fold in benchlib.VARIANTS:
-        with benchlib.variant(model, device, memory_format, fold) as m:
-            row(variant, train_step(m, im, lmb, device, None))
-    if args.amp:
-        row(f'channels_last + amp {args.amp}', train_step(model, im, lmb, device, args.amp), args.amp)
-    if args.compile:
-        row('channels_last + compile', train_step(torch.compile(model), im, lmb, device, None))
+    benchlib.variant_rows(model, lambda m, amp: train_step(m, im, lmb, device, amp), add_row, args, device,
+                          torch.compile)
     return rows
 
 

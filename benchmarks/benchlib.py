@@ -167,6 +167,27 @@ def autocast(device, amp):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16')
 
 
+def measure(run, flops, roofline, device, repeats, precision='fp32', **fields):
+    """Time ``run()`` (best and median of ``repeats``) -> a result row: ``fields`` plus ``seconds``,
+    ``median_s``, ``gflop``, ``gflop_per_s`` and ``roofline_ratio``."""
+    best, median = time_it(run, device, repeats)
+    rate = flops / best
+    return {**fields, 'seconds': best, 'median_s': median, 'gflop': flops / 1e9, 'gflop_per_s': rate / 1e9,
+            'roofline_ratio': roofline.ratio(rate, precision), 'precision': precision}
+
+
+def variant_rows(model, make_run, add_row, args, device, compiled):
+    """``add_row(name, run, precision)`` for each fast-path variant of :data:`VARIANTS`, then for bf16 autocast
+    and ``compiled(model)`` when ``args`` asks; ``make_run(model, amp)`` builds the timed call."""
+    for name, memory_format, fold in VARIANTS:
+        with variant(model, device, memory_format, fold) as m:
+            add_row(name, make_run(m, None), 'fp32')
+    if args.amp:
+        add_row(f'channels_last + amp {args.amp}', make_run(model, args.amp), args.amp)
+    if args.compile:
+        add_row('channels_last + compile', make_run(compiled(model), None), 'fp32')
+
+
 VARIANTS = (  # (row name, memory format, AdaLN folded into fc1)
     ('nchw, unfolded', torch.contiguous_format, False),  # the layout of the authors' code
     ('channels_last, unfolded', torch.channels_last, False),

@@ -42,11 +42,11 @@ from tqdm import tqdm
 import lvae
 from lvae.bdrate import bd_rate, get_anchor
 from lvae.checkpoint import load_file, load_weights, save_checkpoint
+from lvae.cli import parse_model_args
 from lvae.data import ImageFolderCrops, parse_transform
 from lvae.evaluation import evaluate_bound, lambda_grid, resolve_images
 from lvae.images import check_images
 from lvae.memory import reuse_freed_memory
-from lvae.cli import parse_model_args
 from lvae.models.rd.model import VariableRateLossyVAE
 from lvae.paths import known_datasets
 

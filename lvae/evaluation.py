@@ -23,7 +23,8 @@ from lvae.paths import dataset_path
 
 BPP_PIXELS = ('original', 'padded')
 # Lambdas batched per forward on CPU: up to this many padded pixels. On a 2-core Xeon, 16 lambdas of a Kodak
-# image in one forward took 1.3x longer than 16 forwards (benchmarks/RESULTS.md): batch small images only.
+# image in one forward were no faster than 16 forwards (0.87x for rd_model_base, 1.04x for rd_model_small;
+# benchmarks/RESULTS.md): batch small images only.
 CPU_PIXELS_PER_FORWARD = 512 * 768
 
 
@@ -178,6 +179,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     the K draws, with their standard deviation (``bpp_std``, ``psnr_std``; None when K = 1, the paper's
     setting). Draws are seeded from ``(seed, sample, image, lambda)``, so results do not depend on batching.
     lmb_batch: lambdas per forward ('auto' or an int); amp: None (fp32) or 'bf16' (autocast).
+    The model is moved to ``device`` and channels_last in place (same numbers, no layout copies).
 
     Returns a dict: ``lambdas``, ``bpp``, ``psnr`` (per-lambda lists, averaged over images), ``bpp_std``,
     ``psnr_std``, ``per_image`` (file, size and per-lambda bpp / psnr of each image), ``skipped`` (files

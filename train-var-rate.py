@@ -49,6 +49,7 @@ from lvae.images import check_images
 from lvae.memory import reuse_freed_memory
 from lvae.models.rd.model import VariableRateLossyVAE
 from lvae.paths import known_datasets
+from lvae.plotting import plot_rd
 
 SPIKE_FACTOR = 10.0     # an update whose gradient norm exceeds this many times the recent median is skipped
 SPIKE_WINDOW = 100      # ... the median of the last this many accepted updates
@@ -236,23 +237,6 @@ def validate(model, val_paths, args, anchor, device):
     return metrics, res
 
 
-def rd_plot(res, anchor, anchor_label, path, title):
-    """Write the validation R-D curve (and the anchor's) as a PNG; return the path."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(res['bpp'], res['psnr'], 'o-', label='model (bound)')
-    if anchor is not None:
-        ax.plot(anchor['bpp'], anchor['psnr'], 's--', label=anchor_label)
-    ax.set_xlabel('bits per pixel'), ax.set_ylabel('PSNR (dB)'), ax.set_title(title), ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def classify_update(loss, grad_norm, recent_norms):
     """'non-finite' (loss or gradient norm is inf / NaN), 'spike' (gradient norm above SPIKE_FACTOR times
     the median of ``recent_norms``, once SPIKE_MIN_HISTORY are known) or 'ok'."""
@@ -429,14 +413,16 @@ def main(argv=None):
             save_checkpoint({'model': net.state_dict(), 'model_name': args.model, 'config': raw.config.to_dict(),
                              'iter': it, 'wandb_id': wandb_id, 'args': dict(vars(args)), 'metrics': metrics,
                              'ema_weights': bool(ema)}, os.path.join(run_dir, 'best.pt'))
-        png = rd_plot(res, anchor, f'vtm-18.0 ({anchor_set})', os.path.join(run_dir, 'val_rd.png'),
-                      f'{args.name} iter {it}')
+        reference = ('VTM-18.0', anchor['bpp'], anchor['psnr']) if anchor is not None else None
+        png = plot_rd(os.path.join(run_dir, 'val_rd.png'), [(args.name, res['bpp'], res['psnr'])], reference,
+                      title=f'{args.name}: {args.valset} at iteration {it}')
         log = {**metrics, 'val/seconds': time.time() - t0}
         if args.wbmode != 'disabled':
             log['val/rd_curve'] = wandb.Image(png)
         wb.log(log, step=it)
         tqdm.write(f'[iter {it}] val loss {metrics["val/loss"]:.4f}  bpp {metrics["val/bpp"]:.4f}  '
-                   f'psnr {metrics["val/psnr"]:.3f}  bd-rate {bd:+.2f}%  ({time.time() - t0:.0f}s)')
+                   f'psnr {metrics["val/psnr"]:.3f}  bd-rate {f"{bd:+.2f}%" if math.isfinite(bd) else "n/a"}  '
+                   f'({time.time() - t0:.0f}s)')
         return metrics
 
     # ---- the training loop

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import lvae
-from lvae.bdrate import bd_rate, get_anchor
+from lvae.bdrate import DEFAULT_ANCHOR, bd_rate, resolve_anchor
 from lvae.checkpoint import load_file, load_weights, save_checkpoint
 from lvae.cli import parse_model_args
 from lvae.data import ImageFolderCrops, parse_transform
@@ -48,7 +48,7 @@ from lvae.evaluation import evaluate_bound, lambda_grid, resolve_images
 from lvae.images import check_images
 from lvae.memory import reuse_freed_memory
 from lvae.models.rd.model import VariableRateLossyVAE
-from lvae.paths import known_datasets
+from lvae.paths import dataset_name
 from lvae.plotting import plot_rd
 
 SPIKE_FACTOR = 10.0     # an update whose gradient norm exceeds this many times the recent median is skipped
@@ -202,13 +202,6 @@ def find_run(resume, runs_root, project):
     raise UsageError(f'--resume {resume}: no last.pt in {resume} nor in {os.path.join(runs_root, project, resume)}')
 
 
-def anchor_name(valset):
-    """The dataset name of ``valset`` for the shipped anchor curves: a known name, or a folder whose
-    basename is one (``../shared/datasets/kodak`` -> ``kodak``); else None."""
-    name = os.path.basename(os.path.normpath(valset))
-    return name if name in known_datasets else None
-
-
 def infinite_batches(loader, sampler, epoch):
     """Yield batches forever, re-shuffling (``sampler.set_epoch``) at each pass over the data."""
     while True:
@@ -222,7 +215,7 @@ def validate(model, val_paths, args, anchor, device):
     """Bound evaluation on the validation images at ``args.val_steps`` lambdas. Returns a dict of scalars
     (``val/loss``: the training objective, nats per dimension + lambda * MSE in [-1, 1] scale, averaged over
     images and lambdas, recomputed from the per-image bpp and PSNR; ``val/bd_rate`` vs the anchor when there
-    is one) and the curve."""
+    is one: ``(label, bpp, psnr)``) and the curve."""
     lambdas = lambda_grid(model.config.lmb_range, args.val_steps)
     res = evaluate_bound(model, val_paths, lambdas=lambdas, device=device, skip_invalid=True, progress=False,
                          amp=None if args.amp == 'none' else args.amp)
@@ -233,7 +226,7 @@ def validate(model, val_paths, args, anchor, device):
     metrics = {'val/loss': float((rate + np.array(lambdas) * mse).mean()),
                'val/bpp': float(np.mean(res['bpp'])), 'val/psnr': float(np.mean(res['psnr']))}
     if anchor is not None and len(lambdas) >= 4:
-        metrics['val/bd_rate'] = bd_rate(anchor['bpp'], anchor['psnr'], res['bpp'], res['psnr'])
+        metrics['val/bd_rate'] = bd_rate(anchor[1], anchor[2], res['bpp'], res['psnr'])
     return metrics, res
 
 
@@ -360,8 +353,7 @@ def main(argv=None):
         for e in bad:
             warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
         val_paths = val_paths[:args.val_images or None]
-        anchor_set = anchor_name(args.valset)
-        anchor = get_anchor(anchor_set) if anchor_set else None
+        anchor = resolve_anchor(DEFAULT_ANCHOR, dataset_name(args.valset), missing_ok=True)  # (label, bpp, psnr)
         wandb_id = wandb_id or secrets.token_hex(4)  # fixed before init: a resumed run keeps it
         wb = wandb.init(project=args.wbproject, entity=args.wbentity, group=args.wbgroup, name=args.name,
                         tags=[t for t in args.wbtags.split(',') if t], config=vars(args), dir=run_dir,
@@ -413,8 +405,7 @@ def main(argv=None):
             save_checkpoint({'model': net.state_dict(), 'model_name': args.model, 'config': raw.config.to_dict(),
                              'iter': it, 'wandb_id': wandb_id, 'args': dict(vars(args)), 'metrics': metrics,
                              'ema_weights': bool(ema)}, os.path.join(run_dir, 'best.pt'))
-        reference = ('VTM-18.0', anchor['bpp'], anchor['psnr']) if anchor is not None else None
-        png = plot_rd(os.path.join(run_dir, 'val_rd.png'), [(args.name, res['bpp'], res['psnr'])], reference,
+        png = plot_rd(os.path.join(run_dir, 'val_rd.png'), [(args.name, res['bpp'], res['psnr'])], anchor,
                       title=f'{args.name}: {args.valset} at iteration {it}')
         log = {**metrics, 'val/seconds': time.time() - t0}
         if args.wbmode != 'disabled':

@@ -123,12 +123,6 @@ def test_update_classification():
     assert train.classify_update(1.0, math.inf, recent) == 'non-finite'
 
 
-def test_anchor_name():
-    assert train.anchor_name('kodak') == 'kodak'
-    assert train.anchor_name('/data/sets/kodak/') == 'kodak'
-    assert train.anchor_name('/data/photos') is None
-
-
 # ------------------------------------------------------------------------------------------------ data
 def test_reflect_padding_of_small_images(odd_dir):
     im = load_image(os.path.join(odd_dir, 'tiny-24x16.png'))                  # (3, 16, 24)

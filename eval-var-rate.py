@@ -66,6 +66,8 @@ def get_args(argv=None):
     g = p.add_argument_group('speed')
     g.add_argument('--device', default=None, help='cuda, cuda:1, cpu, ... (default: cuda if present, else cpu)')
     g.add_argument('--amp', choices=('bf16',), default=None, help='bf16 autocast (default: fp32)')
+    g.add_argument('--tf32', action='store_true', help='CUDA: fp32 matmuls and convolutions in TF32 (default: strict '
+                   'fp32; benchmarks/RESULTS.md gives the effect on the bound)')
     g.add_argument('--compile', action='store_true', help='torch.compile the ConvNeXt blocks (pays off on CUDA)')
     g.add_argument('--lmb-batch', default='auto', type=lambdas_per_forward,
                    help="lambdas per forward: 'auto' or an integer")
@@ -127,7 +129,8 @@ def record(result, name, test_set, folder, model, model_name, weights, sha256, c
         'model': model_name, 'model_config': model.config.to_dict(), 'weights': weights, 'weights_sha256': sha256,
         'bpp_pixels': result['bpp_pixels'], 'samples': result['samples'], 'seed': result['seed'],
         'num_images': result['num_images'], 'skipped': result['skipped'], 'per_image': result['per_image'],
-        'device': result['device'], 'amp': result['amp'], 'compile': compiled, 'seconds': result['seconds'],
+        'device': result['device'], 'amp': result['amp'], 'tf32': result['tf32'], 'compile': compiled,
+        'seconds': result['seconds'],
         'torch': torch.__version__, 'lvae': lvae.__version__,
     }
 
@@ -155,7 +158,8 @@ def main(argv=None):
         compiled = compile_for_eval(model) if args.compile else False
         result = evaluate_bound(model, paths, lambdas, device=device, bpp_pixels=args.bpp_pixels,
                                 samples=args.samples, seed=args.seed, skip_invalid=args.skip_invalid,
-                                lmb_batch=args.lmb_batch, amp=args.amp, progress=not args.no_progress)
+                                lmb_batch=args.lmb_batch, amp=args.amp, tf32_ok=args.tf32,
+                                progress=not args.no_progress)
     except (ValueError, OSError, RuntimeError) as e:  # bad input, file or download: a message, no traceback
         print(f'error: {e}', file=sys.stderr)
         return 2

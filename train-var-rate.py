@@ -34,7 +34,6 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
-import wandb
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -46,6 +45,7 @@ from lvae.cli import parse_model_args
 from lvae.data import ImageFolderCrops, parse_transform
 from lvae.evaluation import evaluate_bound, lambda_grid, resolve_images
 from lvae.images import check_images
+from lvae.layers import preferred_memory_format
 from lvae.memory import reuse_freed_memory
 from lvae.models.rd.model import VariableRateLossyVAE
 from lvae.paths import dataset_name
@@ -93,7 +93,7 @@ def get_parser():
     g.add_argument('--ema', action=argparse.BooleanOptionalAction, default=True, help='keep EMA weights')
     g.add_argument('--ema_decay', type=float, default=0.9999, help='EMA decay (reached after a warm-up)')
     g.add_argument('--amp', choices=('none', 'bf16'), default='none', help='autocast precision')
-    g.add_argument('--compile', action='store_true', help='torch.compile the model')
+    g.add_argument('--compile', action='store_true', help='torch.compile the ConvNeXt blocks')
     g.add_argument('--fixseed', action='store_true', help='seed everything (rank r uses seed + r)')
     g.add_argument('--seed', type=int, default=0, help='base seed with --fixseed')
     g.add_argument('--device', default='auto', help="'auto' (cuda when present), 'cuda' or 'cpu'")
@@ -240,6 +240,26 @@ def classify_update(loss, grad_norm, recent_norms):
     return 'ok'
 
 
+class NoLogging:
+    """What the run logs to with ``--wbmode disabled``: nothing (wandb is not even imported)."""
+
+    def log(self, data, step=None):
+        pass
+
+    def finish(self):
+        pass
+
+
+def wandb_run(args, run_dir, wandb_id):
+    """The wandb run of rank 0 (``wandb.init`` with the run's flags), or :class:`NoLogging` when disabled."""
+    if args.wbmode == 'disabled':
+        return NoLogging()
+    import wandb
+    return wandb.init(project=args.wbproject, entity=args.wbentity, group=args.wbgroup, name=args.name,
+                      tags=[t for t in args.wbtags.split(',') if t], config=vars(args), dir=run_dir,
+                      mode=args.wbmode, id=wandb_id, resume='allow')
+
+
 def raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -291,6 +311,7 @@ def main(argv=None):
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed crop size: autotune the convolutions once
     else:
         reuse_freed_memory()  # no page faults for every activation (lvae.memory)
     if ddp:
@@ -312,7 +333,7 @@ def main(argv=None):
                                                    ('bad_steps', 'spikes', 'skipped_images'))
     else:
         model = lvae.get_model(args.model, pretrained=args.weights or False, **args.model_kw)
-    model.to(device, memory_format=torch.channels_last).train()  # no layout copies in the ConvNeXt blocks
+    model.to(device, memory_format=preferred_memory_format(device)).train()
     raw = model
     optimizer = torch.optim.Adam(raw.parameters(), lr=args.lr, fused=device.type == 'cuda')
     ema = None
@@ -329,7 +350,7 @@ def main(argv=None):
         else:
             seed_everything(args.seed + rank + 1_000_003 * start_iter)
     if args.compile:
-        model = torch.compile(model)
+        raw.compile_blocks()  # in place: checkpoints and EMA keep plain state-dict keys
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device.type == 'cuda' else None)
 
@@ -355,9 +376,7 @@ def main(argv=None):
         val_paths = val_paths[:args.val_images or None]
         anchor = resolve_anchor(DEFAULT_ANCHOR, dataset_name(args.valset), missing_ok=True)  # (label, bpp, psnr)
         wandb_id = wandb_id or secrets.token_hex(4)  # fixed before init: a resumed run keeps it
-        wb = wandb.init(project=args.wbproject, entity=args.wbentity, group=args.wbgroup, name=args.name,
-                        tags=[t for t in args.wbtags.split(',') if t], config=vars(args), dir=run_dir,
-                        mode=args.wbmode, id=wandb_id, resume='allow')
+        wb = wandb_run(args, run_dir, wandb_id)
         n_params = sum(p.numel() for p in raw.parameters())
         print(f'{args.model}: {n_params / 1e6:.2f}M parameters on {device} x {world} process(es); '
               f'{trainset}; {args.batch_size * args.accum_num * world} images per update; run folder {run_dir}'
@@ -409,6 +428,7 @@ def main(argv=None):
                       title=f'{args.name}: {args.valset} at iteration {it}')
         log = {**metrics, 'val/seconds': time.time() - t0}
         if args.wbmode != 'disabled':
+            import wandb
             log['val/rd_curve'] = wandb.Image(png)
         wb.log(log, step=it)
         tqdm.write(f'[iter {it}] val loss {metrics["val/loss"]:.4f}  bpp {metrics["val/bpp"]:.4f}  '
@@ -428,7 +448,7 @@ def main(argv=None):
         dist.barrier()
     stopped = False
     signal.signal(signal.SIGTERM, raise_interrupt)  # torchrun stops workers with SIGTERM
-    t_log = time.time()
+    t_log = t_start = time.time()
     try:
         while it < args.iterations:
             lr = current_lr(it)
@@ -505,7 +525,9 @@ def main(argv=None):
                   file=sys.stderr)
         stopped = True
     bar.close()
-    print(f'rank {rank}/{world}: {it - start_iter} updates on {images_seen} images this session', flush=True)
+    seconds = time.time() - t_start
+    print(f'rank {rank}/{world}: {it - start_iter} updates on {images_seen} images this session in {seconds:.0f} s '
+          f'({images_seen / max(seconds, 1e-9):.1f} images/s, validation and checkpoints included)', flush=True)
     if master:
         wb.finish()
         if not stopped:

@@ -10,16 +10,17 @@ import torch
 
 import benchlib
 import lvae
-from lvae.evaluation import _BatchSizer, _seed, bound_of_image, compile_for_eval, lambda_grid
+from lvae.evaluation import _BatchSizer, _seed, bound_of_image, compile_for_eval, lambda_grid, tf32
 from lvae.images import load_image
+from lvae.layers import preferred_memory_format
 
 COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'forward (s)', '.3f'),
            ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'), ('gflop', 'GFLOP/forward', '.0f'),
            ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f')]
 BATCH_COLUMNS = [('model', 'model', 's'), ('lambdas', 'lambdas', 'd'), ('single_s', '1 per forward (s)', '.2f'),
                  ('batched_s', 'batched (s)', '.2f'), ('per_forward', 'lambdas/forward', 'd'),
-                 ('speedup', 'speedup', '.2f'), ('max_abs_bits_diff', 'max |d bits|', '.3g'),
-                 ('max_rel_bits_diff', 'max rel d bits', '.2g'), ('max_abs_mse_diff', 'max |d mse|', '.2g'),
+                 ('speedup', 'speedup', '.2f'), ('max_abs_bits_diff', 'max abs d bits', '.3g'),
+                 ('max_rel_bits_diff', 'max rel d bits', '.2g'), ('max_abs_mse_diff', 'max abs d mse', '.2g'),
                  ('batched_roofline_ratio', 'batched x roofline', '.2f')]
 
 
@@ -48,7 +49,7 @@ def bench_model(name, im, args, device, roofline):
         rows.append(benchlib.measure(run, flops, roofline, device, args.repeats, precision, model=name,
                                      variant=variant, height=im.shape[2], width=im.shape[3]))
         rows[-1]['mpix_lmb_per_s'] = mpix / rows[-1]['seconds']
-        print(benchlib.markdown_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+        print(benchlib.markdown_table(rows[-1:], benchlib.with_mfu(COLUMNS, device)).splitlines()[-1], flush=True)
 
     benchlib.variant_rows(model, lambda m, amp: forward(m, im, lmb, device, amp), add_row, args, device, compiled)
     return model, flops, rows
@@ -61,7 +62,8 @@ def bench_lambda_batching(name, model, flops, im, args, device, roofline):
     results, seconds = {}, {}
     for key, lmb_batch in (('single', 1), ('batched', len(lambdas))):
         def run():
-            results[key] = bound_of_image(model, im[0], lambdas, seeds, sizer=_BatchSizer(device, lmb_batch))
+            with tf32(False):  # fp32 as evaluate_bound computes it by default
+                results[key] = bound_of_image(model, im[0], lambdas, seeds, sizer=_BatchSizer(device, lmb_batch))
         seconds[key], _ = benchlib.time_it(run, device, args.lambda_repeats, warmup=0)
     (bits1, mse1), (bits2, mse2) = results['single'], results['batched']
     rate = flops * len(lambdas) / seconds['batched']
@@ -88,7 +90,7 @@ def main():
     for name in args.models:
         model, flops, model_rows = bench_model(name, im, args, device, roofline)
         rows += model_rows
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=preferred_memory_format(device))  # as evaluate_bound
         batch_rows.append(bench_lambda_batching(name, model, flops, im, args, device, roofline))
         print(benchlib.markdown_table(batch_rows[-1:], BATCH_COLUMNS[:-1]).splitlines()[-1], flush=True)
     roofline.measure()
@@ -98,7 +100,7 @@ def main():
         r['batched_roofline_ratio'] = roofline.ratio(r['batched_gflop_per_s'] * 1e9)
     h, w = im.shape[2:]
     benchlib.report(f'Evaluation (forward_end2end, one {w}x{h} image, inference mode)',
-                    [('Forward', rows, COLUMNS), (f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS)],
+                    [('Forward', rows, benchlib.with_mfu(COLUMNS, device)), (f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS)],
                     benchlib.machine(device, args), roofline, args.json)
 
 

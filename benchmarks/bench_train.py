@@ -22,12 +22,19 @@ DATA_COLUMNS = [('folder', 'folder', 's'), ('workers', 'workers', 'd'), ('batch_
                 ('crop', 'crop', 'd'), ('images_per_s', 'images/s', '.1f')]
 
 
-def train_step(model, im, lmb, device, amp):
+def train_step(model, im, lmb, device, amp, adam=False):
+    """One step: forward, backward and, with ``adam``, Adam's update (fused on CUDA, as train-var-rate.py; lr 0:
+    the weights stay put, so every row times the same model, while Adam still does all its work). Adam is
+    made here, after the row has set the parameters' memory format: its state takes their layout."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0, fused=device.type == 'cuda') if adam else None
+
     def step():
         model.zero_grad(set_to_none=True)
         with benchlib.autocast(device, amp):
             out = model(im, lmb=lmb)
         out['loss'].backward()
+        if optimizer is not None:
+            optimizer.step()
     return step
 
 
@@ -35,17 +42,18 @@ def bench_model(name, args, device, roofline):
     model = lvae.get_model(name).to(device).train()
     im = torch.rand(args.batch_size, 3, args.crop, args.crop, device=device)
     lmb = torch.tensor(model.default_lambdas(args.batch_size), device=device)  # fixed: comparable rows
-    flops = benchlib.count_flops(train_step(model, im, lmb, device, None))
+    flops = benchlib.count_flops(train_step(model, im, lmb, device, None))  # the model's; Adam's are negligible
     rows = []
 
     def add_row(variant, step, precision):
         rows.append(benchlib.measure(step, flops, roofline, device, args.repeats, precision, model=name,
-                                     variant=variant, batch_size=args.batch_size, crop=args.crop))
+                                     variant=variant, batch_size=args.batch_size, crop=args.crop,
+                                     adam=args.adam))
         rows[-1]['images_per_s'] = args.batch_size / rows[-1]['seconds']
-        print(benchlib.markdown_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+        print(benchlib.markdown_table(rows[-1:], benchlib.with_mfu(COLUMNS, device)).splitlines()[-1], flush=True)
 
-    benchlib.variant_rows(model, lambda m, amp: train_step(m, im, lmb, device, amp), add_row, args, device,
-                          torch.compile)
+    benchlib.variant_rows(model, lambda m, amp: train_step(m, im, lmb, device, amp, args.adam), add_row, args,
+                          device, lambda m: m.compile_blocks())  # as train-var-rate.py --compile
     return rows
 
 
@@ -74,6 +82,8 @@ def main():
     p.add_argument('--trainset', default='../shared/datasets/photos', help='folder for the data-loading row')
     p.add_argument('--workers', type=int, default=min(4, len(os.sched_getaffinity(0))), help='DataLoader workers')
     p.add_argument('--loader_batches', type=int, default=50)
+    p.add_argument('--adam', action='store_true', help="include Adam's update in the step (fused on CUDA), as "
+                   'train-var-rate.py does')
     args = p.parse_args()
     device = benchlib.setup(args)
     roofline = benchlib.Roofline(device, bf16=args.amp == 'bf16')
@@ -82,8 +92,9 @@ def main():
     roofline.measure()
     for r in rows:  # against the best roofline seen in the run
         r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
-    benchlib.report(f'Training step (batch {args.batch_size}, {args.crop}x{args.crop}, forward + backward)',
-                    [('Training step', rows, COLUMNS), ('Data loading alone', loader_rows, DATA_COLUMNS)],
+    benchlib.report(f'Training step (batch {args.batch_size}, {args.crop}x{args.crop}, forward + backward'
+                    + (' + Adam)' if args.adam else ')'),
+                    [('Training step', rows, benchlib.with_mfu(COLUMNS, device)), ('Data loading alone', loader_rows, DATA_COLUMNS)],
                     benchlib.machine(device, args), roofline, args.json)
 
 

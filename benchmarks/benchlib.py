@@ -18,9 +18,17 @@ if REPO not in sys.path:
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
 
+from lvae.evaluation import tf32  # noqa: E402
+from lvae.layers import preferred_memory_format  # noqa: E402
 from lvae.memory import reuse_freed_memory  # noqa: E402
 
-ROOFLINE_N = 2048  # the roofline is the rate of one dense ROOFLINE_N x ROOFLINE_N matmul
+# The roofline is the rate of one dense N x N matmul: N = 2048 on a CPU, 8192 on a GPU (2048 is too small
+# to fill an H100: it reaches about 60% of the bf16 rate of 8192).
+ROOFLINE_N = {'cpu': 2048, 'cuda': 8192}
+# Dense bf16 tensor-core peak (FLOP/s, no sparsity) from the vendor's datasheet, by device-name substring:
+# the denominator of MFU.
+BF16_PEAK = {'H200': 989.4e12, 'H100 PCIe': 756.5e12, 'H100': 989.4e12, 'A100': 312e12, 'L40S': 362.05e12,
+             'RTX 4090': 165.2e12}
 
 
 def base_parser(description):
@@ -39,11 +47,14 @@ def base_parser(description):
 
 
 def setup(args):
-    """Threads, seed and host memory reuse (as the scripts do on CPU) from ``args``; returns the torch.device."""
+    """Threads, seed and host memory reuse (as the scripts do on CPU), cuDNN autotuning on CUDA (fixed shapes,
+    as train-var-rate.py) from ``args``; returns the torch.device."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
     reused = device.type == 'cpu' and not args.glibc_malloc and reuse_freed_memory()
     args.host_memory = 'reused (lvae.memory)' if reused else 'glibc default'
     return device
@@ -81,36 +92,49 @@ def time_it(fn, device, repeats, warmup=1):
     return min(times), statistics.median(times)
 
 
-def matmul_rate(device, dtype=torch.float32, repeats=10):
-    """FLOP/s of a dense 2048x2048 matmul (2 n^3 FLOPs), best of ``repeats``; TF32 off for fp32."""
-    a, b = (torch.randn(ROOFLINE_N, ROOFLINE_N, device=device).to(dtype) for _ in range(2))
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+PRECISIONS = {'fp32': (torch.float32, False), 'tf32': (torch.float32, True), 'bf16': (torch.bfloat16, False)}
+
+
+def matmul_rate(device, precision='fp32', repeats=10):
+    """FLOP/s of one dense N x N matmul (2 N^3 FLOPs, N from :data:`ROOFLINE_N`), best of ``repeats``.
+    ``precision``: 'fp32' (TF32 off), 'tf32' (fp32 tensors, TF32 on; CUDA) or 'bf16'."""
+    dtype, allow_tf32 = PRECISIONS[precision]
+    n = ROOFLINE_N[device.type]
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    with tf32(allow_tf32):
         best, _ = time_it(lambda: torch.mm(a, b), device, repeats, warmup=2)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    return 2 * ROOFLINE_N ** 3 / best
+    return 2 * n ** 3 / best
+
+
+def bf16_peak(device):
+    """The device's datasheet dense bf16 FLOP/s (:data:`BF16_PEAK`), or None (a CPU, an unknown GPU)."""
+    if device.type != 'cuda':
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in BF16_PEAK.items() if k in name), None)
 
 
 class Roofline:
-    """Dense matmul rates (FLOP/s) per precision, measured in this run: fp32 always, bf16 on a GPU or when
-    asked. :meth:`measure` again at the end of a run keeps the best of all measurements."""
+    """Dense matmul rates (FLOP/s) per precision, measured in this run: fp32 always, bf16 when asked, and on a
+    GPU tf32 and bf16. :meth:`measure` again at the end of a run keeps the best of all measurements."""
 
     def __init__(self, device, bf16=False):
         self.device = device
-        self.dtypes = {'fp32': torch.float32}
-        if bf16 or device.type == 'cuda':
-            self.dtypes['bf16'] = torch.bfloat16
+        self.precisions = ['fp32'] + (['tf32', 'bf16'] if device.type == 'cuda' else ['bf16'] if bf16 else [])
         self.rates = {}
+        self.peak_bf16 = bf16_peak(device)
         self.measure()
 
     def measure(self):
-        for name, dtype in self.dtypes.items():
-            self.rates[name] = max(self.rates.get(name, 0.0), matmul_rate(self.device, dtype))
+        for name in self.precisions:
+            self.rates[name] = max(self.rates.get(name, 0.0), matmul_rate(self.device, name))
 
     def ratio(self, flops_per_s, precision='fp32'):
         return flops_per_s / self.rates[precision]
+
+    def mfu(self, flops_per_s):
+        """Model FLOP/s over the datasheet dense bf16 peak (None where it is unknown)."""
+        return flops_per_s / self.peak_bf16 if self.peak_bf16 else None
 
 
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -132,6 +156,11 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
+def with_mfu(columns, device):
+    """``columns`` plus an MFU column on a GPU."""
+    return columns + [('mfu', 'MFU', '.3f')] if device.type == 'cuda' else columns
+
+
 def markdown_table(rows, columns):
     """``columns``: (key, header, format) triples -> a markdown table of ``rows`` (dicts)."""
     lines = ['| ' + ' | '.join(h for _, h, _ in columns) + ' |', '|' + '---|' * len(columns)]
@@ -148,13 +177,17 @@ def report(title, sections, meta, roofline, json_path):
     print(f"Machine: {meta['cpu']} ({meta['cpu_count']} CPUs, {meta['threads']} torch threads, host memory "
           f"{meta['host_memory']})"
           + (f", GPU {meta['gpu']}" if meta['gpu'] else '') + f", torch {meta['torch']}")
-    print('Roofline (2048x2048 matmul, best of 10): '
-          + ', '.join(f'{k} {v / 1e9:.1f} GFLOP/s' for k, v in roofline.rates.items()) + '\n')
+    n = ROOFLINE_N[roofline.device.type]
+    print(f'Roofline ({n}x{n} matmul, best of 10): '
+          + ', '.join(f'{k} {v / 1e9:.1f} GFLOP/s' for k, v in roofline.rates.items())
+          + (f'; datasheet dense bf16 peak {roofline.peak_bf16 / 1e12:.1f} TFLOP/s (MFU)' if roofline.peak_bf16
+             else '') + '\n')
     for heading, rows, columns in sections:
         print(f'### {heading}\n\n{markdown_table(rows, columns)}\n')
     if json_path:
         data = {'title': title, 'machine': meta, 'command': ' '.join(sys.argv),
-                'roofline_flops_per_s': roofline.rates,
+                'roofline_n': ROOFLINE_N[roofline.device.type], 'roofline_flops_per_s': roofline.rates,
+                'bf16_peak_flops_per_s': roofline.peak_bf16,
                 'sections': {heading: rows for heading, rows, _ in sections}}
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
         with open(json_path, 'w') as f:
@@ -169,29 +202,39 @@ def autocast(device, amp):
 
 def measure(run, flops, roofline, device, repeats, precision='fp32', **fields):
     """Time ``run()`` (best and median of ``repeats``) -> a result row: ``fields`` plus ``seconds``,
-    ``median_s``, ``gflop``, ``gflop_per_s`` and ``roofline_ratio``."""
-    best, median = time_it(run, device, repeats)
+    ``median_s``, ``gflop``, ``gflop_per_s``, ``roofline_ratio`` (against the roofline of ``precision``) and
+    ``mfu`` (against the datasheet bf16 peak, GPUs only)."""
+    with tf32(precision == 'tf32'):
+        best, median = time_it(run, device, repeats)
     rate = flops / best
     return {**fields, 'seconds': best, 'median_s': median, 'gflop': flops / 1e9, 'gflop_per_s': rate / 1e9,
-            'roofline_ratio': roofline.ratio(rate, precision), 'precision': precision}
+            'roofline_ratio': roofline.ratio(rate, precision), 'mfu': roofline.mfu(rate), 'precision': precision}
 
 
 def variant_rows(model, make_run, add_row, args, device, compiled):
-    """``add_row(name, run, precision)`` for each fast-path variant of :data:`VARIANTS`, then for bf16 autocast
-    and ``compiled(model)`` when ``args`` asks; ``make_run(model, amp)`` builds the timed call."""
+    """``add_row(name, run, precision)`` for each fast-path variant of :data:`VARIANTS` (fp32, TF32 off), then,
+    in the device's preferred memory format (what the scripts run), on a GPU with TF32, with bf16 autocast
+    when ``args.amp``, and ``compiled(model)`` (under ``args.amp`` when given) when ``args.compile``;
+    ``make_run(model, amp)`` builds the timed call."""
     for name, memory_format, fold in VARIANTS:
         with variant(model, device, memory_format, fold) as m:
             add_row(name, make_run(m, None), 'fp32')
+    layout = preferred_memory_format(device)
+    model.to(memory_format=layout)
+    name = 'channels_last' if layout == torch.channels_last else 'nchw'
+    if device.type == 'cuda':
+        add_row(f'{name} + tf32', make_run(model, None), 'tf32')
     if args.amp:
-        add_row(f'channels_last + amp {args.amp}', make_run(model, args.amp), args.amp)
+        add_row(f'{name} + amp {args.amp}', make_run(model, args.amp), args.amp)
     if args.compile:
-        add_row('channels_last + compile', make_run(compiled(model), None), 'fp32')
+        add_row(f'{name} + compile' + (f' + amp {args.amp}' if args.amp else ''),
+                make_run(compiled(model), args.amp), args.amp or 'fp32')
 
 
 VARIANTS = (  # (row name, memory format, AdaLN folded into fc1)
     ('nchw, unfolded', torch.contiguous_format, False),  # the layout of the authors' code
     ('channels_last, unfolded', torch.channels_last, False),
-    ('channels_last (default)', torch.channels_last, True),
+    ('channels_last + fold', torch.channels_last, True),  # what the scripts run on a CPU
 )
 
 

@@ -6,6 +6,7 @@ PSNR over images. ``bpp_pixels='original'`` (default) divides bits by the origin
 the correct bpp; ``'padded'`` divides by the padded count, as the authors' code did (it flatters images
 whose sides are not multiples of 64, e.g. Tecnick 1200 -> 1216, by about 2-3%).
 """
+import contextlib
 import math
 import os
 import time
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lvae.images import ImageError, check_images, list_images, load_image
-from lvae.layers import ConvNeXtBlockAdaLN
+from lvae.layers import preferred_memory_format
 from lvae.models.rd.model import MAX_STRIDE
 from lvae.paths import dataset_path
 
@@ -41,6 +42,17 @@ class InvalidImagesError(ValueError):
 def default_device():
     """``cuda`` when present, else ``cpu``."""
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+@contextlib.contextmanager
+def tf32(enabled):
+    """TF32 for CUDA fp32 matmuls and cuDNN convolutions on or off inside the block (restored after)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def resolve_images(images):
@@ -73,25 +85,18 @@ def lambda_grid(lmb_range, steps):
 
 
 def compile_for_eval(model, backend='inductor'):
-    """``torch.compile`` every ConvNeXt block of ``model`` in place (``nn.Module.compile``: parameters and
-    state-dict keys unchanged; the posterior sampling between blocks stays eager), then check it on one
+    """``model.compile_blocks(backend)`` (every ConvNeXt block compiled in place), then check it on one
     64x64 image. If compiling fails (e.g. no C++ compiler for a CPU build), the blocks are restored, a
     warning says why, and False is returned: evaluation then runs eagerly with the same results."""
-    blocks = [m for m in model.modules() if isinstance(m, ConvNeXtBlockAdaLN)]
-    # The blocks share one forward code object: allow one compiled variant per block and input size.
-    dynamo = torch._dynamo.config
-    dynamo.recompile_limit = max(dynamo.recompile_limit, 4 * len(blocks))
-    dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 16 * len(blocks))
-    for block in blocks:
-        block.compile(backend=backend, dynamic=None)
+    model.compile_blocks(backend)
     device = next(model.parameters()).device
     try:
         with torch.inference_mode():
             model.forward_end2end(torch.full((1, 3, MAX_STRIDE, MAX_STRIDE), 0.5, device=device),
                                   torch.tensor([float(model.config.lmb_range[0])], device=device))
     except Exception as e:  # torch's compile errors have no common base class
-        for block in blocks:
-            block._compiled_call_impl = None
+        for module in model.modules():
+            module._compiled_call_impl = None
         first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         warnings.warn(f'torch.compile failed ({type(e).__name__}: {first}); evaluating without it')
         return False
@@ -103,10 +108,11 @@ def _seed(*parts):
 
 
 def _noise_from(generators):
-    """A ``noise(like)`` for :meth:`forward_end2end`: sample b of the batch draws from ``generators[b]``."""
+    """A ``noise(like)`` for :meth:`forward_end2end`: sample b of the batch draws from ``generators[b]``, CPU
+    generators, so that the draws are the same on every device (then moved to ``like``'s device)."""
     def noise(like):
-        return torch.stack([torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype)
-                            for g in generators])
+        return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype)
+                            for g in generators]).to(like.device)
     return noise
 
 
@@ -149,7 +155,7 @@ def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None):
     while start < len(lambdas):
         n = sizer.size(len(lambdas) - start, padded.shape[2] * padded.shape[3])
         chunk = slice(start, start + n)
-        gens = [torch.Generator(device=device).manual_seed(s) for s in seeds[chunk]]
+        gens = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
         lmb = torch.tensor(lambdas[chunk], dtype=torch.float32, device=device)
         try:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16'):
@@ -171,15 +177,18 @@ def _psnr(mse):
 
 
 def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixels='original', samples=1,
-                   seed=0, skip_invalid=False, lmb_batch='auto', amp=None, progress=True):
+                   seed=0, skip_invalid=False, lmb_batch='auto', amp=None, tf32_ok=False, progress=True):
     """Estimate the model's R(D) bound on ``images`` (a folder, a dataset name, or a list of paths).
 
     lambdas: list of lambdas (default: ``steps`` log-spaced over the model's ``lmb_range``).
     samples: posterior draws K per image and lambda; the dataset averages are reported as the mean over
     the K draws, with their standard deviation (``bpp_std``, ``psnr_std``; None when K = 1, the paper's
-    setting). Draws are seeded from ``(seed, sample, image, lambda)``, so results do not depend on batching.
-    lmb_batch: lambdas per forward ('auto' or an int); amp: None (fp32) or 'bf16' (autocast).
-    The model is moved to ``device`` and channels_last in place (same numbers, no layout copies).
+    setting). Draws are seeded from ``(seed, sample, image, lambda)`` on CPU generators, so results do not
+    depend on batching or on the device (beyond float rounding).
+    lmb_batch: lambdas per forward ('auto' or an int); amp: None (fp32) or 'bf16' (autocast); tf32_ok: let
+    CUDA run fp32 matmuls and convolutions in TF32 (default: strict fp32, whatever torch's global flags say).
+    The model is moved to ``device`` and its :func:`~lvae.layers.preferred_memory_format` in place (same
+    numbers).
 
     Returns a dict: ``lambdas``, ``bpp``, ``psnr`` (per-lambda lists, averaged over images), ``bpp_std``,
     ``psnr_std``, ``per_image`` (file, size and per-lambda bpp / psnr of each image), ``skipped`` (files
@@ -200,7 +209,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     if not paths:
         raise InvalidImagesError(bad) if bad else ValueError('no images to evaluate')
     device = torch.device(device) if device is not None else default_device()
-    model = model.to(device, memory_format=torch.channels_last).eval()  # no layout copies in the blocks
+    model = model.to(device, memory_format=preferred_memory_format(device)).eval()
     sizer = _BatchSizer(device, lmb_batch)
 
     L, K = len(lambdas), int(samples)
@@ -216,7 +225,8 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         h, w = im.shape[1:]
         pixels = h * w if bpp_pixels == 'original' else (h + (-h) % MAX_STRIDE) * (w + (-w) % MAX_STRIDE)
         seeds = [_seed(seed, k, i, j) for k in range(K) for j in range(L)]
-        bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp)
+        with tf32(tf32_ok):
+            bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp)
         all_bpp[:, i] = (bits / pixels).reshape(K, L)
         all_psnr[:, i] = _psnr(mse).reshape(K, L)
         img_bpp, img_psnr = all_bpp[:, i].mean(0), all_psnr[:, i].mean(0)
@@ -233,5 +243,6 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         'per_image': per_image,
         'skipped': [{'file': e.path, 'reason': e.reason} for e in bad],
         'num_images': len(paths), 'samples': K, 'seed': seed, 'bpp_pixels': bpp_pixels,
-        'device': str(device), 'amp': amp, 'seconds': time.time() - t0,
+        'device': str(device), 'amp': amp, 'tf32': bool(tf32_ok and device.type == 'cuda'),
+        'seconds': time.time() - t0,
     }

@@ -10,7 +10,7 @@ from PIL import Image
 
 import lvae
 from lvae.evaluation import (InvalidImagesError, _noise_from, _seed, compile_for_eval, evaluate_bound,
-                             lambda_grid)
+                             lambda_grid, tf32)
 from lvae.images import load_image
 
 LAMBDAS = [8.0, 512.0]
@@ -131,3 +131,18 @@ def test_compile_for_eval_keeps_results_and_falls_back_when_compiling_fails(odd_
         assert compile_for_eval(fresh, backend=broken) is False
     again = evaluate_bound(fresh, [odd_size_image], LAMBDAS, device='cpu', progress=False)
     assert again['bpp'] == pytest.approx(eager['bpp'], rel=1e-5)
+
+
+def test_tf32_is_off_inside_evaluation_and_the_global_flags_come_back(tiny, odd_size_image):
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = True
+        with tf32(False):
+            inside = matmul.allow_tf32, cudnn.allow_tf32
+        assert inside == (False, False)
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+        res = evaluate_bound(tiny, [odd_size_image], LAMBDAS, device='cpu', progress=False)
+        assert res['tf32'] is False and (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved

@@ -68,7 +68,8 @@ def get_args(argv=None):
     g.add_argument('--amp', choices=('bf16',), default=None, help='bf16 autocast (default: fp32)')
     g.add_argument('--tf32', action='store_true', help='CUDA: fp32 matmuls and convolutions in TF32 (default: strict '
                    'fp32; benchmarks/RESULTS.md gives the effect on the bound)')
-    g.add_argument('--compile', action='store_true', help='torch.compile the ConvNeXt blocks (pays off on CUDA)')
+    g.add_argument('--compile', action='store_true', help='torch.compile the ConvNeXt blocks (compiling '
+                   'rd_model_base took over 110 s on an H100: for large datasets)')
     g.add_argument('--lmb-batch', default='auto', type=lambdas_per_forward,
                    help="lambdas per forward: 'auto' or an integer")
     g = p.add_argument_group('output')

@@ -49,7 +49,8 @@ def bench_model(name, im, args, device, roofline):
         rows.append(benchlib.measure(run, flops, roofline, device, args.repeats, precision, model=name,
                                      variant=variant, height=im.shape[2], width=im.shape[3]))
         rows[-1]['mpix_lmb_per_s'] = mpix / rows[-1]['seconds']
-        print(benchlib.markdown_table(rows[-1:], benchlib.with_mfu(COLUMNS, device)).splitlines()[-1], flush=True)
+        columns = benchlib.with_mfu(COLUMNS, device)
+        print(benchlib.markdown_table(rows[-1:], columns).splitlines()[-1], flush=True)
 
     benchlib.variant_rows(model, lambda m, amp: forward(m, im, lmb, device, amp), add_row, args, device, compiled)
     return model, flops, rows
@@ -100,7 +101,8 @@ def main():
         r['batched_roofline_ratio'] = roofline.ratio(r['batched_gflop_per_s'] * 1e9)
     h, w = im.shape[2:]
     benchlib.report(f'Evaluation (forward_end2end, one {w}x{h} image, inference mode)',
-                    [('Forward', rows, benchlib.with_mfu(COLUMNS, device)), (f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS)],
+                    [('Forward', rows, benchlib.with_mfu(COLUMNS, device)),
+                     (f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS)],
                     benchlib.machine(device, args), roofline, args.json)
 
 

@@ -50,7 +50,8 @@ def bench_model(name, args, device, roofline):
                                      variant=variant, batch_size=args.batch_size, crop=args.crop,
                                      adam=args.adam))
         rows[-1]['images_per_s'] = args.batch_size / rows[-1]['seconds']
-        print(benchlib.markdown_table(rows[-1:], benchlib.with_mfu(COLUMNS, device)).splitlines()[-1], flush=True)
+        columns = benchlib.with_mfu(COLUMNS, device)
+        print(benchlib.markdown_table(rows[-1:], columns).splitlines()[-1], flush=True)
 
     benchlib.variant_rows(model, lambda m, amp: train_step(m, im, lmb, device, amp, args.adam), add_row, args,
                           device, lambda m: m.compile_blocks())  # as train-var-rate.py --compile
@@ -94,7 +95,8 @@ def main():
         r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
     benchlib.report(f'Training step (batch {args.batch_size}, {args.crop}x{args.crop}, forward + backward'
                     + (' + Adam)' if args.adam else ')'),
-                    [('Training step', rows, benchlib.with_mfu(COLUMNS, device)), ('Data loading alone', loader_rows, DATA_COLUMNS)],
+                    [('Training step', rows, benchlib.with_mfu(COLUMNS, device)),
+                     ('Data loading alone', loader_rows, DATA_COLUMNS)],
                     benchlib.machine(device, args), roofline, args.json)
 
 

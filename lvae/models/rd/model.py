@@ -247,8 +247,7 @@ class VariableRateLossyVAE(nn.Module):
     def compile_blocks(self, backend='inductor'):
         """``torch.compile`` every ConvNeXt block in place (``nn.Module.compile``: parameters and state-dict keys
         unchanged; the latent blocks' sampling between them stays eager). The blocks share one forward, so
-        this compiles one graph per block shape instead of the whole network: minutes less than compiling
-        the model. Returns the model."""
+        this compiles one graph per block shape instead of the whole network. Returns the model."""
         blocks = [m for m in self.modules() if isinstance(m, ConvNeXtBlockAdaLN)]
         # The blocks share one forward code object: allow one compiled variant per block and input size.
         dynamo = torch._dynamo.config

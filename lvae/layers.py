@@ -9,6 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
+from torch.autograd.function import once_differentiable
+
+from lvae import kernels
 
 # Upper end of the lambda scale used by the sinusoidal embedding (SPEC: s = ln(lmb) * P / ln 8192).
 MAX_LMB = 8192.0
@@ -91,6 +94,32 @@ def gaussian_kl(qm, qv, pm, pv):
     return -0.5 + pv.log() - qv.log() + 0.5 * (qv.square() + (qm - pm).square()) / pv.square()
 
 
+class _DepthwiseConvCPU(torch.autograd.Function):
+    """A 'same'-padded depthwise convolution whose weight gradient comes from :mod:`lvae.kernels` (CPU,
+    float32, channels_last); the forward and the input gradient are oneDNN's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        k = weight.shape[-1]
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], [k // 2, k // 2], [1, 1],
+                                                         False, [0, 0], x.shape[1], [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = kernels.depthwise_weight_grad(x, grad, k)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b
+
+
 class ConvNeXtBlockAdaLN(nn.Module):
     """Residual ConvNeXt block with lambda conditioning through adaptive LayerNorm.
 
@@ -106,16 +135,26 @@ class ConvNeXtBlockAdaLN(nn.Module):
         self.mlp = Mlp(dim, hidden_features=int(mlp_ratio * dim), act_layer=nn.GELU)
         self.dim = dim
 
-    def residual(self, x, emb):
-        """The block's branch before ``gamma``, channels-last: (B, C, H, W) -> (B, H, W, C)."""
-        h = self.conv_dw(x).permute(0, 2, 3, 1)  # a view: no copy when x is channels_last
+    def hidden(self, x, emb):
+        """The MLP's activations, channels-last: (B, C, H, W) -> (B, H, W, 2C) (timm's Mlp up to fc2; its
+        dropout and norm are identities here)."""
+        h = self._conv_dw(x).permute(0, 2, 3, 1)  # a view: no copy when x is channels_last
         h = F.layer_norm(h, (self.dim,), eps=1e-6)
         shift, scale = self.embedding_layer(emb).chunk(2, dim=1)  # (B, C) each
         if h.shape[1] * h.shape[2] >= FOLD_PIXELS_PER_CHANNEL * self.dim:
             h = self._fc1_folded(h, shift, scale)
         else:
             h = self.mlp.fc1(torch.addcmul(shift[:, None, None], h, 1 + scale[:, None, None]))
-        return self.mlp.fc2(self.mlp.act(h))  # timm's Mlp without dropout or norm (both identities here)
+        return self.mlp.act(h)
+
+    def _conv_dw(self, x):
+        """``conv_dw(x)``; when training on a CPU in float32 channels_last, with lvae.kernels' weight gradient."""
+        conv = self.conv_dw
+        if (torch.is_grad_enabled() and conv.weight.requires_grad and x.device.type == 'cpu'
+                and x.dtype == conv.weight.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+                and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling() and kernels.available()):
+            return _DepthwiseConvCPU.apply(x, conv.weight, conv.bias)
+        return conv(x)
 
     def _fc1_folded(self, h, shift, scale):
         """``fc1(h * (1 + scale) + shift)`` with the per-image affine folded into fc1's weights, which saves
@@ -128,8 +167,17 @@ class ConvNeXtBlockAdaLN(nn.Module):
         return out.view(nb, nh, nw, -1)
 
     def forward(self, x, emb):
-        h = self.residual(x, emb).permute(0, 3, 1, 2)
-        return torch.addcmul(x, h, self.gamma)
+        a = self.hidden(x, emb)
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            return torch.addcmul(x, self.mlp.fc2(a).permute(0, 3, 1, 2), self.gamma)
+        # channels_last: gamma folded into fc2 (gamma * (W a + b) = (gamma W) a + gamma b) and fc2's GEMM
+        # accumulated onto x + gamma b in place. No pass for gamma or the residual, forward or backward;
+        # gamma's gradient comes through the folded weight.
+        gamma = self.gamma.view(-1)
+        fc2 = self.mlp.fc2
+        out = x.permute(0, 2, 3, 1) + gamma * fc2.bias  # (B, H, W, C), contiguous
+        out.view(-1, self.dim).addmm_(a.reshape(-1, a.shape[-1]), (fc2.weight * gamma[:, None]).t())
+        return out.permute(0, 3, 1, 2)
 
 
 class ConvNeXtAdaLNPatchDown(ConvNeXtBlockAdaLN):

@@ -1,0 +1,66 @@
+"""lvae.kernels: the CPU weight gradient of the depthwise convolution, against ATen's, and the fallback."""
+import pytest
+import torch
+
+import lvae
+import lvae.layers
+from lvae import kernels
+
+needs_kernel = pytest.mark.skipif(not kernels.available(), reason='the CPU kernel could not be built here '
+                                  '(no g++ or ninja); the blocks use oneDNN instead')
+
+
+def aten_weight_grad(x, g, w):
+    k = w.shape[-1]
+    return torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0],
+                                               x.shape[1], [False, True, False])[1]
+
+
+@needs_kernel
+@pytest.mark.parametrize('shape, k', [((2, 20, 9, 5), 7), ((3, 48, 17, 31), 7), ((1, 16, 2, 3), 7),
+                                      ((2, 33, 8, 8), 3)])
+def test_weight_grad_matches_aten(shape, k):
+    """Channels not a multiple of the 16-channel block, images smaller than the kernel, other kernel sizes."""
+    torch.manual_seed(0)
+    x, g = (torch.randn(shape).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    w = torch.randn(shape[1], 1, k, k)
+    ref = aten_weight_grad(x, g, w)  # sums of up to 1,581 products: compare at float32's rounding of the scale
+    torch.testing.assert_close(kernels.depthwise_weight_grad(x, g, k), ref, rtol=0, atol=2e-6 * ref.abs().max())
+
+
+def block_grads(block, x, emb):
+    block.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    y = block(x, emb)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    return [y, x.grad] + [p.grad for p in block.parameters()]
+
+
+@needs_kernel
+def test_block_gradients_with_the_kernel_match_the_onednn_path(monkeypatch):
+    torch.manual_seed(0)
+    block = lvae.layers.ConvNeXtBlockAdaLN(32, 8).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        block.gamma.fill_(0.5)
+    x = torch.randn(2, 32, 12, 10).contiguous(memory_format=torch.channels_last)
+    emb = torch.randn(2, 8)
+    used = []
+    monkeypatch.setattr(kernels, 'depthwise_weight_grad',
+                        lambda *a, f=kernels.depthwise_weight_grad: used.append(1) or f(*a))
+    fast = block_grads(block, x, emb)
+    assert used, 'the kernel was not used'
+    monkeypatch.setattr(kernels, 'available', lambda: False)  # as where it cannot be built
+    ref = block_grads(block, x, emb)
+    assert len(used) == 1
+    for a, b in zip(ref, fast):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+
+
+def test_a_model_trains_where_the_kernel_cannot_be_built(monkeypatch):
+    monkeypatch.setattr(kernels, '_module', None)
+    monkeypatch.setattr(kernels, '_failed', False)
+    monkeypatch.setenv('LVAE_CPU_KERNELS', '0')
+    model = lvae.get_model('rd_model_tiny').to(memory_format=torch.channels_last)
+    model(torch.rand(1, 3, 64, 64), lmb=torch.tensor([64.0]))['loss'].backward()
+    assert kernels.available() is False
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -168,13 +168,13 @@ class ConvNeXtBlockAdaLN(nn.Module):
 
     def forward(self, x, emb):
         a = self.hidden(x, emb)
-        if not x.is_contiguous(memory_format=torch.channels_last):
-            return torch.addcmul(x, self.mlp.fc2(a).permute(0, 3, 1, 2), self.gamma)
-        # channels_last: gamma folded into fc2 (gamma * (W a + b) = (gamma W) a + gamma b) and fc2's GEMM
-        # accumulated onto x + gamma b in place. No pass for gamma or the residual, forward or backward;
-        # gamma's gradient comes through the folded weight.
-        gamma = self.gamma.view(-1)
         fc2 = self.mlp.fc2
+        if not x.is_contiguous(memory_format=torch.channels_last) or not a.dtype == x.dtype == fc2.weight.dtype:
+            return torch.addcmul(x, fc2(a).permute(0, 3, 1, 2), self.gamma)  # NCHW, or under autocast
+        # channels_last in one dtype: gamma folded into fc2 (gamma * (W a + b) = (gamma W) a + gamma b) and
+        # fc2's GEMM accumulated onto x + gamma b in place. No pass for gamma or the residual, forward or
+        # backward; gamma's gradient comes through the folded weight.
+        gamma = self.gamma.view(-1)
         out = x.permute(0, 2, 3, 1) + gamma * fc2.bias  # (B, H, W, C), contiguous
         out.view(-1, self.dim).addmm_(a.reshape(-1, a.shape[-1]), (fc2.weight * gamma[:, None]).t())
         return out.permute(0, 3, 1, 2)

@@ -91,3 +91,19 @@ def test_compiled_blocks_give_the_reference_loss_and_gradients():
 def test_preferred_memory_format_is_channels_last_on_cpu_only():
     assert lvae.layers.preferred_memory_format('cpu') == torch.channels_last
     assert lvae.layers.preferred_memory_format(torch.device('cuda', 0)) == torch.contiguous_format
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_bf16_autocast_runs_in_both_layouts_near_fp32(memory_format):
+    """--amp bf16 on a CPU (training loss and gradients, and the evaluation forward) in either layout."""
+    torch.manual_seed(0)
+    model = lvae.get_model('rd_model_tiny').to(memory_format=memory_format)
+    im, lmb = torch.rand(2, 3, 64, 64), torch.tensor([8.0, 512.0])
+    ref, _ = model_outputs(model, im, lmb)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, grads = model_outputs(model, im, lmb)
+        with torch.inference_mode():
+            x_hat, stats = model.forward_end2end(im, lmb)
+    assert out['loss'].item() == pytest.approx(ref['loss'].item(), rel=0.05)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert x_hat.shape == im.shape and all(torch.isfinite(s['kl']).all() for s in stats)

@@ -24,7 +24,7 @@ from lvae.paths import dataset_path
 
 BPP_PIXELS = ('original', 'padded')
 # Lambdas batched per forward on CPU: up to this many padded pixels. On a 2-core Xeon, 16 lambdas of a Kodak
-# image in one forward were no faster than 16 forwards (0.87x for rd_model_base, 1.04x for rd_model_small;
+# image in one forward were no faster than 16 forwards (0.81-0.87x for rd_model_base, 1.04-1.09x for rd_model_small;
 # benchmarks/RESULTS.md): batch small images only.
 CPU_PIXELS_PER_FORWARD = 512 * 768
 

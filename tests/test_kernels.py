@@ -64,3 +64,17 @@ def test_a_model_trains_where_the_kernel_cannot_be_built(monkeypatch):
     model(torch.rand(1, 3, 64, 64), lmb=torch.tensor([64.0]))['loss'].backward()
     assert kernels.available() is False
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_failed_build_warns_once_and_leaves_the_onednn_path(monkeypatch):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError('Ninja is required to load C++ extensions')
+    monkeypatch.setattr(torch.utils.cpp_extension, 'load_inline', no_compiler)
+    monkeypatch.setattr(kernels, '_module', None)
+    monkeypatch.setattr(kernels, '_failed', False)
+    monkeypatch.delenv('LVAE_CPU_KERNELS', raising=False)
+    with pytest.warns(UserWarning, match='could not build the CPU depthwise-gradient kernel.*Ninja is required'):
+        assert kernels.available() is False
+    assert kernels.available() is False  # no second attempt, no second warning

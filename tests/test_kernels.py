@@ -5,6 +5,7 @@ import torch
 import lvae
 import lvae.layers
 from lvae import kernels
+from test_fast_paths import block_outputs
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason='the CPU kernel could not be built here '
                                   '(no g++ or ninja); the blocks use oneDNN instead')
@@ -28,14 +29,6 @@ def test_weight_grad_matches_aten(shape, k):
     torch.testing.assert_close(kernels.depthwise_weight_grad(x, g, k), ref, rtol=0, atol=2e-6 * ref.abs().max())
 
 
-def block_grads(block, x, emb):
-    block.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_()
-    y = block(x, emb)
-    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-    return [y, x.grad] + [p.grad for p in block.parameters()]
-
-
 @needs_kernel
 def test_block_gradients_with_the_kernel_match_the_onednn_path(monkeypatch):
     torch.manual_seed(0)
@@ -47,10 +40,10 @@ def test_block_gradients_with_the_kernel_match_the_onednn_path(monkeypatch):
     used = []
     monkeypatch.setattr(kernels, 'depthwise_weight_grad',
                         lambda *a, f=kernels.depthwise_weight_grad: used.append(1) or f(*a))
-    fast = block_grads(block, x, emb)
+    fast = block_outputs(block, x, emb, True, monkeypatch)
     assert used, 'the kernel was not used'
     monkeypatch.setattr(kernels, 'available', lambda: False)  # as where it cannot be built
-    ref = block_grads(block, x, emb)
+    ref = block_outputs(block, x, emb, True, monkeypatch)
     assert len(used) == 1
     for a, b in zip(ref, fast):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())

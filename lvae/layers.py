@@ -160,10 +160,12 @@ class ConvNeXtBlockAdaLN(nn.Module):
         """``fc1(h * (1 + scale) + shift)`` with the per-image affine folded into fc1's weights, which saves
         the AdaLN pass over the activations (and its backward): (B, H, W, C) -> (B, H, W, 2C)."""
         fc1 = self.mlp.fc1
-        weight = fc1.weight * (1 + scale[:, None, :])  # (B, 2C, C)
+        # (B, C, 2C), contiguous: bmm's operand as it is, so that its gradient also arrives contiguous (a
+        # transposed one made the weight gradient's reduction over B 28x slower).
+        weight_t = fc1.weight.t() * (1 + scale[:, :, None])
         bias = torch.addmm(fc1.bias, shift, fc1.weight.t())  # (B, 2C)
         nb, nh, nw, c = h.shape
-        out = torch.baddbmm(bias[:, None, :], h.reshape(nb, nh * nw, c), weight.transpose(1, 2))
+        out = torch.baddbmm(bias[:, None, :], h.reshape(nb, nh * nw, c), weight_t)
         return out.view(nb, nh, nw, -1)
 
     def forward(self, x, emb):
@@ -174,10 +176,12 @@ class ConvNeXtBlockAdaLN(nn.Module):
         # channels_last in one dtype: gamma folded into fc2 (gamma * (W a + b) = (gamma W) a + gamma b) and
         # fc2's GEMM accumulated onto x + gamma b in place. No pass for gamma or the residual, forward or
         # backward; gamma's gradient comes through the folded weight.
+        # The residual is made as a (B*H*W, C) tensor of its own, not a view: an in-place op on a view would
+        # cost autograd a clone and a copy of its gradient (CopySlices).
         gamma = self.gamma.view(-1)
-        out = x.permute(0, 2, 3, 1) + gamma * fc2.bias  # (B, H, W, C), contiguous
-        out.view(-1, self.dim).addmm_(a.reshape(-1, a.shape[-1]), (fc2.weight * gamma[:, None]).t())
-        return out.permute(0, 3, 1, 2)
+        out = torch.add(x.permute(0, 2, 3, 1).reshape(-1, self.dim), gamma * fc2.bias)
+        out.addmm_(a.reshape(-1, a.shape[-1]), (fc2.weight * gamma[:, None]).t())
+        return out.view(x.shape[0], x.shape[2], x.shape[3], self.dim).permute(0, 3, 1, 2)
 
 
 class ConvNeXtAdaLNPatchDown(ConvNeXtBlockAdaLN):

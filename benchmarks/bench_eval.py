@@ -52,8 +52,12 @@ def bench_model(name, im, args, device, roofline):
         columns = benchlib.with_mfu(COLUMNS, device)
         print(benchlib.markdown_table(rows[-1:], columns).splitlines()[-1], flush=True)
 
+    model.to(memory_format=preferred_memory_format(device))  # the default path, as evaluate_bound runs it
+    ceiling = benchlib.matmul_ceiling(forward(model, im, lmb, device, None), flops, roofline, device, args.repeats,
+                                      model=name, variant=benchlib.default_path(device))
+    print(benchlib.markdown_table([ceiling], benchlib.CEILING_COLUMNS).splitlines()[-1], flush=True)
     benchlib.variant_rows(model, lambda m, amp: forward(m, im, lmb, device, amp), add_row, args, device, compiled)
-    return model, flops, rows
+    return model, flops, rows, ceiling
 
 
 def bench_lambda_batching(name, model, flops, im, args, device, roofline):
@@ -65,7 +69,8 @@ def bench_lambda_batching(name, model, flops, im, args, device, roofline):
         def run():
             with tf32(False):  # fp32 as evaluate_bound computes it by default
                 results[key] = bound_of_image(model, im[0], lambdas, seeds, sizer=_BatchSizer(device, lmb_batch))
-        seconds[key], _ = benchlib.time_it(run, device, args.lambda_repeats, warmup=0)
+        # after one untimed run: the first grows the heap (page faults), as only the first image of a dataset does
+        seconds[key], _ = benchlib.time_it(run, device, args.lambda_repeats, warmup=1)
     (bits1, mse1), (bits2, mse2) = results['single'], results['batched']
     rate = flops * len(lambdas) / seconds['batched']
     return {'model': name, 'lambdas': len(lambdas), 'height': im.shape[2], 'width': im.shape[3],
@@ -87,10 +92,11 @@ def main():
     device = benchlib.setup(args)
     im = load_image(args.image)[None].to(device)
     roofline = benchlib.Roofline(device, bf16=args.amp == 'bf16')
-    rows, batch_rows = [], []
+    rows, ceilings, batch_rows = [], [], []
     for name in args.models:
-        model, flops, model_rows = bench_model(name, im, args, device, roofline)
+        model, flops, model_rows, ceiling = bench_model(name, im, args, device, roofline)
         rows += model_rows
+        ceilings.append(ceiling)
         model.to(memory_format=preferred_memory_format(device))  # as evaluate_bound
         batch_rows.append(bench_lambda_batching(name, model, flops, im, args, device, roofline))
         print(benchlib.markdown_table(batch_rows[-1:], BATCH_COLUMNS[:-1]).splitlines()[-1], flush=True)
@@ -99,9 +105,13 @@ def main():
         r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
     for r in batch_rows:
         r['batched_roofline_ratio'] = roofline.ratio(r['batched_gflop_per_s'] * 1e9)
+    for r in ceilings:
+        benchlib.rate_ceiling(r, roofline)
     h, w = im.shape[2:]
     benchlib.report(f'Evaluation (forward_end2end, one {w}x{h} image, inference mode)',
                     [('Forward', rows, benchlib.with_mfu(COLUMNS, device)),
+                     ('Matmuls alone (the fp32 default path\'s matmuls replayed on their own)', ceilings,
+                      benchlib.CEILING_COLUMNS),
                      (f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS)],
                     benchlib.machine(device, args), roofline, args.json)
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 import lvae
 from lvae.data import ImageFolderCrops
+from lvae.layers import preferred_memory_format
 
 COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'step (s)', '.3f'),
            ('images_per_s', 'images/s', '.2f'), ('gflop', 'GFLOP/step', '.0f'),
@@ -53,9 +54,13 @@ def bench_model(name, args, device, roofline):
         columns = benchlib.with_mfu(COLUMNS, device)
         print(benchlib.markdown_table(rows[-1:], columns).splitlines()[-1], flush=True)
 
+    model.to(memory_format=preferred_memory_format(device))  # the default path, as train-var-rate.py runs it
+    ceiling = benchlib.matmul_ceiling(train_step(model, im, lmb, device, None), flops, roofline, device, args.repeats,
+                                      model=name, variant=benchlib.default_path(device))
+    print(benchlib.markdown_table([ceiling], benchlib.CEILING_COLUMNS).splitlines()[-1], flush=True)
     benchlib.variant_rows(model, lambda m, amp: train_step(m, im, lmb, device, amp, args.adam), add_row, args,
                           device, lambda m: m.compile_blocks())  # as train-var-rate.py --compile
-    return rows
+    return rows, ceiling
 
 
 def bench_loader(args, device):
@@ -88,14 +93,22 @@ def main():
     args = p.parse_args()
     device = benchlib.setup(args)
     roofline = benchlib.Roofline(device, bf16=args.amp == 'bf16')
-    rows = [r for name in args.models for r in bench_model(name, args, device, roofline)]
+    rows, ceilings = [], []
+    for name in args.models:
+        model_rows, ceiling = bench_model(name, args, device, roofline)
+        rows += model_rows
+        ceilings.append(ceiling)
     loader_rows = bench_loader(args, device)
     roofline.measure()
     for r in rows:  # against the best roofline seen in the run
         r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
+    for r in ceilings:
+        benchlib.rate_ceiling(r, roofline)
     benchlib.report(f'Training step (batch {args.batch_size}, {args.crop}x{args.crop}, forward + backward'
                     + (' + Adam)' if args.adam else ')'),
                     [('Training step', rows, benchlib.with_mfu(COLUMNS, device)),
+                     ('Matmuls alone (the fp32 default path\'s matmuls replayed on their own)', ceilings,
+                      benchlib.CEILING_COLUMNS),
                      ('Data loading alone', loader_rows, DATA_COLUMNS)],
                     benchlib.machine(device, args), roofline, args.json)
 

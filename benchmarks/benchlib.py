@@ -16,6 +16,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
 
 from lvae.evaluation import tf32  # noqa: E402
@@ -146,14 +147,82 @@ def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
+def _addmm_inplace_flop(_self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs):
+    """FLOPs of ``aten.addmm_``: those of its matmul, (m, k) @ (k, n)."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
 def count_flops(fn):
     """FLOPs of one call of ``fn()`` (forward and, when ``fn`` calls it, backward), as counted by
     ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, depthwise included), with
-    :func:`_conv_backward_flop` for convolution backward."""
-    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop}) \
-            as counter:
+    :func:`_conv_backward_flop` for convolution backward and in-place ``addmm_`` (which torch does not count)
+    counted as ``addmm``."""
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop, torch.ops.aten.addmm_: _addmm_inplace_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops()
+
+
+_aten = torch.ops.aten
+MATMULS = (_aten.mm.default, _aten.bmm.default, _aten.addmm.default, _aten.addmm_.default, _aten.baddbmm.default,
+           _aten.linear.default)
+CEILING_COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('calls', 'matmul calls', 'd'),
+                   ('matmul_gflop', 'matmul GFLOP', '.0f'), ('matmul_share', 'share of FLOPs', '.2f'),
+                   ('matmul_seconds', 'matmuls alone (s)', '.3f'), ('matmul_ratio', 'matmuls x roofline', '.2f'),
+                   ('ceiling_ratio', 'ceiling x roofline', '.2f')]
+
+
+class _MatmulRecorder(TorchDispatchMode):
+    """Records every matmul of a call (``calls``: op, arguments with tensors as (shape, dtype)), forward and
+    backward, as it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in MATMULS:
+            spec = [(tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else a for a in args]
+            self.calls.append((func, spec, dict(kwargs or {})))
+        return func(*args, **(kwargs or {}))
+
+
+def matmul_ceiling(run, flops, roofline, device, repeats, **fields):
+    """The rate the matmuls of ``run()`` reach on their own, and the ceiling that puts on the whole call.
+
+    Every matmul of one ``run()`` (forward and backward) is replayed alone, in the same order, on contiguous
+    random operands of the same shapes (one set per shape). ``ceiling_ratio`` is the call's FLOP rate over the
+    roofline if its matmuls took what they take alone, its other FLOPs (the convolutions) ran at the roofline,
+    and everything else (element-wise work, reductions, copies) took no time: no code path can exceed it
+    without faster matmuls. Returns a row: ``fields`` plus the figures of :data:`CEILING_COLUMNS`."""
+    with _MatmulRecorder() as recorder:
+        run()
+    operands = {}
+
+    def operand(spec):
+        if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], torch.dtype)):
+            return spec
+        if spec not in operands:
+            operands[spec] = torch.randn(spec[0], device=device).to(spec[1])
+        return operands[spec]
+    calls = [(func, [operand(a) for a in spec], kwargs) for func, spec, kwargs in recorder.calls]
+
+    def replay():
+        for func, args, kwargs in calls:
+            func(*args, **kwargs)
+    mm_flops = count_flops(replay)
+    seconds, _ = time_it(replay, device, repeats)
+    row = {**fields, 'calls': len(calls), 'gflop': flops / 1e9, 'matmul_gflop': mm_flops / 1e9,
+           'matmul_share': mm_flops / flops, 'matmul_seconds': seconds}
+    return rate_ceiling(row, roofline)
+
+
+def rate_ceiling(row, roofline):
+    """Set a :func:`matmul_ceiling` row's ratios against the roofline's fp32 rate (again after a re-measure)."""
+    rate, flops, mm_flops = roofline.rates['fp32'], row['gflop'] * 1e9, row['matmul_gflop'] * 1e9
+    row['matmul_ratio'] = mm_flops / row['matmul_seconds'] / rate
+    row['ceiling_ratio'] = flops / (row['matmul_seconds'] + (flops - mm_flops) / rate) / rate
+    return row
 
 
 def with_mfu(columns, device):
@@ -219,9 +288,8 @@ def variant_rows(model, make_run, add_row, args, device, compiled):
     for name, memory_format, fold in VARIANTS:
         with variant(model, device, memory_format, fold) as m:
             add_row(name, make_run(m, None), 'fp32')
-    layout = preferred_memory_format(device)
-    model.to(memory_format=layout)
-    name = 'channels_last' if layout == torch.channels_last else 'nchw'
+    model.to(memory_format=preferred_memory_format(device))
+    name = layout_name(device)
     if device.type == 'cuda':
         add_row(f'{name} + tf32', make_run(model, None), 'tf32')
     if args.amp:
@@ -236,6 +304,16 @@ VARIANTS = (  # (row name, memory format, AdaLN folded into fc1)
     ('channels_last, unfolded', torch.channels_last, False),
     ('channels_last + fold', torch.channels_last, True),  # what the scripts run on a CPU
 )
+
+
+def layout_name(device):
+    """'channels_last' or 'nchw': the memory format the scripts run on ``device``."""
+    return 'channels_last' if preferred_memory_format(device) == torch.channels_last else 'nchw'
+
+
+def default_path(device):
+    """The name of the path the scripts run on ``device``: its preferred memory format, AdaLN fold on."""
+    return layout_name(device) + ' + fold'
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Evaluation throughput: ``forward_end2end`` of one image under inference mode, per model and fast path,
 in megapixels x lambdas per second with its FLOP rate and ratio to the same-run matmul roofline; and one
-image at 16 lambdas, all in one forward (``lmb_batch=16``) vs 16 single-lambda forwards, with the
-largest difference between their results.
+image at 16 lambdas, batched as ``evaluate_bound`` does (``lmb_batch='auto'``) and all in one forward
+(``lmb_batch=16``), against 16 single-lambda forwards, with the largest difference between their results.
 
     python benchmarks/bench_eval.py --threads 2 --json benchmarks/results/eval.json
 """
@@ -18,7 +18,7 @@ COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'forwa
            ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'), ('gflop', 'GFLOP/forward', '.0f'),
            ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f')]
 BATCH_COLUMNS = [('model', 'model', 's'), ('lambdas', 'lambdas', 'd'), ('single_s', '1 per forward (s)', '.2f'),
-                 ('batched_s', 'batched (s)', '.2f'), ('per_forward', 'lambdas/forward', 'd'),
+                 ('lmb_batch', 'lmb_batch', 's'), ('per_forward', 'lambdas/forward', 'd'), ('batched_s', 'batched (s)', '.2f'),
                  ('speedup', 'speedup', '.2f'), ('max_abs_bits_diff', 'max abs d bits', '.3g'),
                  ('max_rel_bits_diff', 'max rel d bits', '.2g'), ('max_abs_mse_diff', 'max abs d mse', '.2g'),
                  ('batched_roofline_ratio', 'batched x roofline', '.2f')]
@@ -61,26 +61,31 @@ def bench_model(name, im, args, device, roofline):
 
 
 def bench_lambda_batching(name, model, flops, im, args, device, roofline):
-    """16 lambdas of one image: one forward per lambda vs all in one (same seeds, so the same draws)."""
+    """16 lambdas of one image: one forward per lambda vs ``lmb_batch='auto'`` (what evaluate_bound does) and vs
+    all in one forward (same seeds, so the same draws). One row per batched mode."""
     lambdas = lambda_grid(model.config.lmb_range, args.lambdas)
     seeds = [_seed(0, 0, 0, j) for j in range(len(lambdas))]
+    pixels = im.shape[2] * im.shape[3]
     results, seconds = {}, {}
-    for key, lmb_batch in (('single', 1), ('batched', len(lambdas))):
+    for lmb_batch in (1, 'auto', len(lambdas)):
         def run():
             with tf32(False):  # fp32 as evaluate_bound computes it by default
-                results[key] = bound_of_image(model, im[0], lambdas, seeds, sizer=_BatchSizer(device, lmb_batch))
+                results[lmb_batch] = bound_of_image(model, im[0], lambdas, seeds, sizer=_BatchSizer(device, lmb_batch))
         # after one untimed run: the first grows the heap (page faults), as only the first image of a dataset does
-        seconds[key], _ = benchlib.time_it(run, device, args.lambda_repeats, warmup=1)
-    (bits1, mse1), (bits2, mse2) = results['single'], results['batched']
-    rate = flops * len(lambdas) / seconds['batched']
-    return {'model': name, 'lambdas': len(lambdas), 'height': im.shape[2], 'width': im.shape[3],
-            'single_s': seconds['single'], 'batched_s': seconds['batched'],
-            'per_forward': len(lambdas),
-            'speedup': seconds['single'] / seconds['batched'],
-            'max_abs_bits_diff': float(np.abs(bits1 - bits2).max()),
-            'max_rel_bits_diff': float(np.abs(bits1 / bits2 - 1).max()),
-            'max_abs_mse_diff': float(np.abs(mse1 - mse2).max()),
-            'batched_gflop_per_s': rate / 1e9}
+        seconds[lmb_batch], _ = benchlib.time_it(run, device, args.lambda_repeats, warmup=1)
+    bits1, mse1 = results[1]
+    rows = []
+    for lmb_batch in ('auto', len(lambdas)):
+        bits2, mse2 = results[lmb_batch]
+        rows.append({'model': name, 'lambdas': len(lambdas), 'height': im.shape[2], 'width': im.shape[3],
+                     'lmb_batch': str(lmb_batch), 'single_s': seconds[1], 'batched_s': seconds[lmb_batch],
+                     'per_forward': _BatchSizer(device, lmb_batch).size(len(lambdas), pixels),
+                     'speedup': seconds[1] / seconds[lmb_batch],
+                     'max_abs_bits_diff': float(np.abs(bits1 - bits2).max()),
+                     'max_rel_bits_diff': float(np.abs(bits1 / bits2 - 1).max()),
+                     'max_abs_mse_diff': float(np.abs(mse1 - mse2).max()),
+                     'batched_gflop_per_s': flops * len(lambdas) / seconds[lmb_batch] / 1e9})
+    return rows
 
 
 def main():
@@ -98,8 +103,8 @@ def main():
         rows += model_rows
         ceilings.append(ceiling)
         model.to(memory_format=preferred_memory_format(device))  # as evaluate_bound
-        batch_rows.append(bench_lambda_batching(name, model, flops, im, args, device, roofline))
-        print(benchlib.markdown_table(batch_rows[-1:], BATCH_COLUMNS[:-1]).splitlines()[-1], flush=True)
+        batch_rows += bench_lambda_batching(name, model, flops, im, args, device, roofline)
+        print('\n'.join(benchlib.markdown_table(batch_rows[-2:], BATCH_COLUMNS[:-1]).splitlines()[2:]), flush=True)
     roofline.measure()
     for r in rows:
         r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])

@@ -23,10 +23,11 @@ from lvae.models.rd.model import MAX_STRIDE
 from lvae.paths import dataset_path
 
 BPP_PIXELS = ('original', 'padded')
-# Lambdas batched per forward on CPU: up to this many padded pixels. On a 2-core Xeon, 16 lambdas of a Kodak
-# image in one forward were no faster than 16 forwards (0.81-0.87x for rd_model_base, 1.04-1.09x for rd_model_small;
-# benchmarks/RESULTS.md): batch small images only.
-CPU_PIXELS_PER_FORWARD = 512 * 768
+# Lambdas batched per forward on CPU: up to this many padded pixels, i.e. 4 lambdas of a Kodak image. On a 2-core
+# Xeon, 16 lambdas of one Kodak image ran 1.04x (rd_model_base) and 1.15x (rd_model_small) faster 4 per forward
+# than 1 per forward, and all 16 in one forward gained less (benchmarks/RESULTS.md). More pixels per forward only
+# cost memory: rd_model_base's forward of 4 x 768 x 512 peaks at 2.3 GB above the model (1 lambda: 0.63 GB).
+CPU_PIXELS_PER_FORWARD = 4 * 512 * 768
 
 
 class InvalidImagesError(ValueError):

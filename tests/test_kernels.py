@@ -18,10 +18,11 @@ def aten_weight_grad(x, g, w):
 
 
 @needs_kernel
-@pytest.mark.parametrize('shape, k', [((2, 20, 9, 5), 7), ((3, 48, 17, 31), 7), ((1, 16, 2, 3), 7),
-                                      ((2, 33, 8, 8), 3)])
+@pytest.mark.parametrize('shape, k', [((2, 20, 9, 5), 7), ((3, 48, 17, 31), 7), ((2, 24, 6, 22), 7),
+                                      ((1, 16, 2, 3), 7), ((2, 33, 8, 8), 3)])
 def test_weight_grad_matches_aten(shape, k):
-    """Channels not a multiple of the 16-channel block, images smaller than the kernel, other kernel sizes."""
+    """Channels not a multiple of the 16-channel block; rows of 31 and 22 columns (the kernel's 14-, 4- and
+    1-column tiles, inside the image and at its edges); images smaller than the kernel; other kernel sizes."""
     torch.manual_seed(0)
     x, g = (torch.randn(shape).contiguous(memory_format=torch.channels_last) for _ in range(2))
     w = torch.randn(shape[1], 1, k, k)

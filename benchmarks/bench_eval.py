@@ -18,7 +18,8 @@ COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'forwa
            ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'), ('gflop', 'GFLOP/forward', '.0f'),
            ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f')]
 BATCH_COLUMNS = [('model', 'model', 's'), ('lambdas', 'lambdas', 'd'), ('single_s', '1 per forward (s)', '.2f'),
-                 ('lmb_batch', 'lmb_batch', 's'), ('per_forward', 'lambdas/forward', 'd'), ('batched_s', 'batched (s)', '.2f'),
+                 ('lmb_batch', 'lmb_batch', 's'), ('per_forward', 'lambdas/forward', 'd'),
+                 ('batched_s', 'batched (s)', '.2f'),
                  ('speedup', 'speedup', '.2f'), ('max_abs_bits_diff', 'max abs d bits', '.3g'),
                  ('max_rel_bits_diff', 'max rel d bits', '.2g'), ('max_abs_mse_diff', 'max abs d mse', '.2g'),
                  ('batched_roofline_ratio', 'batched x roofline', '.2f')]

@@ -17,8 +17,8 @@ M_MMAP_MAX = -4
 def reuse_freed_memory():
     """Serve every allocation from the heap (``M_MMAP_MAX = 0``) and never trim it (``M_TRIM_THRESHOLD = -1``;
     the largest positive value, 2**31 - 1, still let glibc return a free top over 2 GB, which a 16-lambda
-    forward of rd_model_base leaves), so freed tensor memory is reused without page faults. Process-wide; glibc on Linux only.
-    Returns True when applied, False where it does not apply (other C libraries and systems)."""
+    forward of rd_model_base leaves), so freed tensor memory is reused without page faults. Process-wide; glibc
+    on Linux only. Returns True when applied, False where it does not apply (other C libraries and systems)."""
     if not sys.platform.startswith('linux'):
         return False
     try:

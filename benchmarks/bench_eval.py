@@ -53,10 +53,8 @@ def bench_model(name, im, args, device, roofline):
         columns = benchlib.with_mfu(COLUMNS, device)
         print(benchlib.markdown_table(rows[-1:], columns).splitlines()[-1], flush=True)
 
-    model.to(memory_format=preferred_memory_format(device))  # the default path, as evaluate_bound runs it
-    ceiling = benchlib.matmul_ceiling(forward(model, im, lmb, device, None), flops, roofline, device, args.repeats,
-                                      model=name, variant=benchlib.default_path(device))
-    print(benchlib.markdown_table([ceiling], benchlib.CEILING_COLUMNS).splitlines()[-1], flush=True)
+    ceiling = benchlib.default_path_ceiling(model, lambda m: forward(m, im, lmb, device, None), flops, roofline,
+                                            device, args.repeats, name)
     benchlib.variant_rows(model, lambda m, amp: forward(m, im, lmb, device, amp), add_row, args, device, compiled)
     return model, flops, rows, ceiling
 
@@ -111,13 +109,10 @@ def main():
         r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
     for r in batch_rows:
         r['batched_roofline_ratio'] = roofline.ratio(r['batched_gflop_per_s'] * 1e9)
-    for r in ceilings:
-        benchlib.rate_ceiling(r, roofline)
     h, w = im.shape[2:]
     benchlib.report(f'Evaluation (forward_end2end, one {w}x{h} image, inference mode)',
                     [('Forward', rows, benchlib.with_mfu(COLUMNS, device)),
-                     ('Matmuls alone (the fp32 default path\'s matmuls replayed on their own)', ceilings,
-                      benchlib.CEILING_COLUMNS),
+                     benchlib.ceiling_section(ceilings, roofline),
                      (f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS)],
                     benchlib.machine(device, args), roofline, args.json)
 

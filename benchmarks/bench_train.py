@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader
 
 import lvae
 from lvae.data import ImageFolderCrops
-from lvae.layers import preferred_memory_format
 
 COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'step (s)', '.3f'),
            ('images_per_s', 'images/s', '.2f'), ('gflop', 'GFLOP/step', '.0f'),
@@ -54,10 +53,8 @@ def bench_model(name, args, device, roofline):
         columns = benchlib.with_mfu(COLUMNS, device)
         print(benchlib.markdown_table(rows[-1:], columns).splitlines()[-1], flush=True)
 
-    model.to(memory_format=preferred_memory_format(device))  # the default path, as train-var-rate.py runs it
-    ceiling = benchlib.matmul_ceiling(train_step(model, im, lmb, device, None), flops, roofline, device, args.repeats,
-                                      model=name, variant=benchlib.default_path(device))
-    print(benchlib.markdown_table([ceiling], benchlib.CEILING_COLUMNS).splitlines()[-1], flush=True)
+    ceiling = benchlib.default_path_ceiling(model, lambda m: train_step(m, im, lmb, device, None), flops, roofline,
+                                            device, args.repeats, name)
     benchlib.variant_rows(model, lambda m, amp: train_step(m, im, lmb, device, amp, args.adam), add_row, args,
                           device, lambda m: m.compile_blocks())  # as train-var-rate.py --compile
     return rows, ceiling
@@ -102,13 +99,10 @@ def main():
     roofline.measure()
     for r in rows:  # against the best roofline seen in the run
         r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
-    for r in ceilings:
-        benchlib.rate_ceiling(r, roofline)
     benchlib.report(f'Training step (batch {args.batch_size}, {args.crop}x{args.crop}, forward + backward'
                     + (' + Adam)' if args.adam else ')'),
                     [('Training step', rows, benchlib.with_mfu(COLUMNS, device)),
-                     ('Matmuls alone (the fp32 default path\'s matmuls replayed on their own)', ceilings,
-                      benchlib.CEILING_COLUMNS),
+                     benchlib.ceiling_section(ceilings, roofline),
                      ('Data loading alone', loader_rows, DATA_COLUMNS)],
                     benchlib.machine(device, args), roofline, args.json)
 

@@ -173,8 +173,8 @@ CEILING_COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('calls', 
 
 
 class _MatmulRecorder(TorchDispatchMode):
-    """Records every matmul of a call (``calls``: op, arguments with tensors as (shape, dtype)), forward and
-    backward, as it runs."""
+    """Records every matmul of a call (``calls``: op, arguments with tensors as meta tensors of the same shape
+    and dtype), forward and backward, as it runs."""
 
     def __init__(self):
         super().__init__()
@@ -182,7 +182,8 @@ class _MatmulRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in MATMULS:
-            spec = [(tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else a for a in args]
+            spec = [torch.empty(a.shape, dtype=a.dtype, device='meta') if isinstance(a, torch.Tensor) else a
+                    for a in args]
             self.calls.append((func, spec, dict(kwargs or {})))
         return func(*args, **(kwargs or {}))
 
@@ -200,11 +201,12 @@ def matmul_ceiling(run, flops, roofline, device, repeats, **fields):
     operands = {}
 
     def operand(spec):
-        if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], torch.dtype)):
+        if not isinstance(spec, torch.Tensor):
             return spec
-        if spec not in operands:
-            operands[spec] = torch.randn(spec[0], device=device).to(spec[1])
-        return operands[spec]
+        key = (tuple(spec.shape), spec.dtype)
+        if key not in operands:
+            operands[key] = torch.randn(spec.shape, device=device).to(spec.dtype)
+        return operands[key]
     calls = [(func, [operand(a) for a in spec], kwargs) for func, spec, kwargs in recorder.calls]
 
     def replay():
@@ -223,6 +225,21 @@ def rate_ceiling(row, roofline):
     row['matmul_ratio'] = mm_flops / row['matmul_seconds'] / rate
     row['ceiling_ratio'] = flops / (row['matmul_seconds'] + (flops - mm_flops) / rate) / rate
     return row
+
+
+def default_path_ceiling(model, make_run, flops, roofline, device, repeats, name):
+    """:func:`matmul_ceiling` of ``make_run(model)`` on the path the scripts run (``model`` converted in place
+    to the device's preferred memory format, AdaLN fold on); prints the row and returns it."""
+    model.to(memory_format=preferred_memory_format(device))
+    row = matmul_ceiling(make_run(model), flops, roofline, device, repeats, model=name, variant=default_path(device))
+    print(markdown_table([row], CEILING_COLUMNS).splitlines()[-1], flush=True)
+    return row
+
+
+def ceiling_section(rows, roofline):
+    """The report section of :func:`default_path_ceiling` rows, re-rated against the run's best roofline."""
+    return ("Matmuls alone (the fp32 default path's matmuls replayed on their own)",
+            [rate_ceiling(r, roofline) for r in rows], CEILING_COLUMNS)
 
 
 def with_mfu(columns, device):

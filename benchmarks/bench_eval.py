@@ -12,7 +12,6 @@ import benchlib
 import lvae
 from lvae.evaluation import _BatchSizer, _seed, bound_of_image, compile_for_eval, lambda_grid, tf32
 from lvae.images import load_image
-from lvae.layers import preferred_memory_format
 
 COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'forward (s)', '.3f'),
            ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'), ('gflop', 'GFLOP/forward', '.0f'),
@@ -61,7 +60,8 @@ def bench_model(name, im, args, device, roofline):
 
 def bench_lambda_batching(name, model, flops, im, args, device, roofline):
     """16 lambdas of one image: one forward per lambda vs ``lmb_batch='auto'`` (what evaluate_bound does) and vs
-    all in one forward (same seeds, so the same draws). One row per batched mode."""
+    all in one forward (same seeds, so the same draws). One row per batched mode. ``model`` is in the device's
+    preferred memory format, as :func:`bench_model` leaves it (and evaluate_bound runs it)."""
     lambdas = lambda_grid(model.config.lmb_range, args.lambdas)
     seeds = [_seed(0, 0, 0, j) for j in range(len(lambdas))]
     pixels = im.shape[2] * im.shape[3]
@@ -101,7 +101,6 @@ def main():
         model, flops, model_rows, ceiling = bench_model(name, im, args, device, roofline)
         rows += model_rows
         ceilings.append(ceiling)
-        model.to(memory_format=preferred_memory_format(device))  # as evaluate_bound
         batch_rows += bench_lambda_batching(name, model, flops, im, args, device, roofline)
         print('\n'.join(benchlib.markdown_table(batch_rows[-2:], BATCH_COLUMNS[:-1]).splitlines()[2:]), flush=True)
     roofline.measure()

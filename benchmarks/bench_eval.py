@@ -53,8 +53,9 @@ def bench_model(name, im, args, device, roofline):
         print(benchlib.markdown_table(rows[-1:], columns).splitlines()[-1], flush=True)
 
     ceiling = benchlib.default_path_ceiling(model, lambda m: forward(m, im, lmb, device, None), flops, roofline,
-                                            device, args.repeats, name)
-    benchlib.variant_rows(model, lambda m, amp: forward(m, im, lmb, device, amp), add_row, args, device, compiled)
+                                            device, args.repeats, name, inference=True)
+    benchlib.variant_rows(model, lambda m, amp: forward(m, im, lmb, device, amp), add_row, args, device, compiled,
+                          inference=True)
     return model, flops, rows, ceiling
 
 

@@ -4,6 +4,7 @@ markdown table / JSON output. Run the scripts from the repository root (``python
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -152,12 +153,19 @@ def _addmm_inplace_flop(_self_shape, a_shape, b_shape, *args, out_shape=None, **
     return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
 
+def _onednn_linear_flop(x_shape, *args, out_shape=None, **kwargs):
+    """FLOPs of oneDNN's fused linears (``mkldnn._linear_pointwise``, plain and ``.binary``): those of the matmul,
+    (..., k) -> (..., n); the fused GELU or addition is not counted, as for ``addmm``'s bias."""
+    return 2 * math.prod(out_shape) * x_shape[-1]
+
+
 def count_flops(fn):
     """FLOPs of one call of ``fn()`` (forward and, when ``fn`` calls it, backward), as counted by
     ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, depthwise included), with
-    :func:`_conv_backward_flop` for convolution backward and in-place ``addmm_`` (which torch does not count)
-    counted as ``addmm``."""
-    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop, torch.ops.aten.addmm_: _addmm_inplace_flop}
+    :func:`_conv_backward_flop` for convolution backward, and in-place ``addmm_`` and oneDNN's fused linears
+    (which torch does not count) counted as ``addmm``."""
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop, torch.ops.aten.addmm_: _addmm_inplace_flop,
+               torch.ops.mkldnn._linear_pointwise: _onednn_linear_flop}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops()
@@ -165,7 +173,7 @@ def count_flops(fn):
 
 _aten = torch.ops.aten
 MATMULS = (_aten.mm.default, _aten.bmm.default, _aten.addmm.default, _aten.addmm_.default, _aten.baddbmm.default,
-           _aten.linear.default)
+           _aten.linear.default, torch.ops.mkldnn._linear_pointwise.default, torch.ops.mkldnn._linear_pointwise.binary)
 CEILING_COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('calls', 'matmul calls', 'd'),
                    ('matmul_gflop', 'matmul GFLOP', '.0f'), ('matmul_share', 'share of FLOPs', '.2f'),
                    ('matmul_seconds', 'matmuls alone (s)', '.3f'), ('matmul_ratio', 'matmuls x roofline', '.2f'),
@@ -227,11 +235,12 @@ def rate_ceiling(row, roofline):
     return row
 
 
-def default_path_ceiling(model, make_run, flops, roofline, device, repeats, name):
+def default_path_ceiling(model, make_run, flops, roofline, device, repeats, name, inference=False):
     """:func:`matmul_ceiling` of ``make_run(model)`` on the path the scripts run (``model`` converted in place
     to the device's preferred memory format, AdaLN fold on); prints the row and returns it."""
     model.to(memory_format=preferred_memory_format(device))
-    row = matmul_ceiling(make_run(model), flops, roofline, device, repeats, model=name, variant=default_path(device))
+    row = matmul_ceiling(make_run(model), flops, roofline, device, repeats, model=name,
+                         variant=default_path(device, inference))
     print(markdown_table([row], CEILING_COLUMNS).splitlines()[-1], flush=True)
     return row
 
@@ -297,13 +306,16 @@ def measure(run, flops, roofline, device, repeats, precision='fp32', **fields):
             'roofline_ratio': roofline.ratio(rate, precision), 'mfu': roofline.mfu(rate), 'precision': precision}
 
 
-def variant_rows(model, make_run, add_row, args, device, compiled):
-    """``add_row(name, run, precision)`` for each fast-path variant of :data:`VARIANTS` (fp32, TF32 off), then,
+def variant_rows(model, make_run, add_row, args, device, compiled, inference=False):
+    """``add_row(name, run, precision)`` for each fast-path variant of :data:`VARIANTS` (fp32, TF32 off; the
+    oneDNN row only for an ``inference`` call on a CPU, the only place where it differs from the fold), then,
     in the device's preferred memory format (what the scripts run), on a GPU with TF32, with bf16 autocast
     when ``args.amp``, and ``compiled(model)`` (under ``args.amp`` when given) when ``args.compile``;
     ``make_run(model, amp)`` builds the timed call."""
-    for name, memory_format, fold in VARIANTS:
-        with variant(model, device, memory_format, fold) as m:
+    for name, memory_format, fold, onednn in VARIANTS:
+        if onednn and not (inference and device.type == 'cpu'):
+            continue
+        with variant(model, device, memory_format, fold, onednn) as m:
             add_row(name, make_run(m, None), 'fp32')
     model.to(memory_format=preferred_memory_format(device))
     name = layout_name(device)
@@ -316,10 +328,11 @@ def variant_rows(model, make_run, add_row, args, device, compiled):
                 make_run(compiled(model), args.amp), args.amp or 'fp32')
 
 
-VARIANTS = (  # (row name, memory format, AdaLN folded into fc1)
-    ('nchw, unfolded', torch.contiguous_format, False),  # the layout of the authors' code
-    ('channels_last, unfolded', torch.channels_last, False),
-    ('channels_last + fold', torch.channels_last, True),  # what the scripts run on a CPU
+VARIANTS = (  # (row name, memory format, AdaLN folded into fc1, oneDNN's fused linears without autograd)
+    ('nchw, unfolded', torch.contiguous_format, False, False),  # the layout of the authors' code
+    ('channels_last, unfolded', torch.channels_last, False, False),
+    ('channels_last + fold', torch.channels_last, True, False),  # what train-var-rate.py runs on a CPU
+    ('channels_last + fold + oneDNN', torch.channels_last, True, True),  # what evaluate_bound runs on a CPU
 )
 
 
@@ -328,18 +341,21 @@ def layout_name(device):
     return 'channels_last' if preferred_memory_format(device) == torch.channels_last else 'nchw'
 
 
-def default_path(device):
-    """The name of the path the scripts run on ``device``: its preferred memory format, AdaLN fold on."""
-    return layout_name(device) + ' + fold'
+def default_path(device, inference=False):
+    """The name of the path the scripts run on ``device``: its preferred memory format, AdaLN fold on, and for
+    an ``inference`` call on a CPU, oneDNN's fused linears."""
+    return layout_name(device) + ' + fold' + (' + oneDNN' if inference and device.type == 'cpu' else '')
 
 
 @contextlib.contextmanager
-def variant(model, device, memory_format, fold):
-    """Run ``model`` (converted in place) in ``memory_format``, with the ConvNeXt blocks' AdaLN fold on or off."""
+def variant(model, device, memory_format, fold, onednn):
+    """Run ``model`` (converted in place) in ``memory_format``, with the ConvNeXt blocks' AdaLN fold and their
+    oneDNN fused linears (:data:`lvae.layers.ONEDNN_INFERENCE`) on or off."""
     import lvae.layers
-    saved = lvae.layers.FOLD_PIXELS_PER_CHANNEL
-    lvae.layers.FOLD_PIXELS_PER_CHANNEL = saved if fold else float('inf')
+    saved = lvae.layers.FOLD_PIXELS_PER_CHANNEL, lvae.layers.ONEDNN_INFERENCE
+    lvae.layers.FOLD_PIXELS_PER_CHANNEL = saved[0] if fold else float('inf')
+    lvae.layers.ONEDNN_INFERENCE = onednn
     try:
         yield model.to(device, memory_format=memory_format)
     finally:
-        lvae.layers.FOLD_PIXELS_PER_CHANNEL = saved
+        lvae.layers.FOLD_PIXELS_PER_CHANNEL, lvae.layers.ONEDNN_INFERENCE = saved

@@ -3,6 +3,7 @@
 Shapes are NCHW unless stated. Every block works with either memory format; with
 ``torch.channels_last`` tensors the ConvNeXt block runs with no layout copies at all.
 """
+import functools
 import math
 
 import torch
@@ -18,6 +19,9 @@ MAX_LMB = 8192.0
 # ConvNeXt blocks fold AdaLN into fc1 when each image has at least this many pixels per channel (below,
 # the per-image weight copies cost more than the activation pass they save).
 FOLD_PIXELS_PER_CHANNEL = 2
+# Without autograd (evaluation) on a CPU, channels_last float32 ConvNeXt blocks run fc1 + GELU and fc2 + the
+# residual as one oneDNN call each (``torch.ops.mkldnn._linear_pointwise``), when this torch has them.
+ONEDNN_INFERENCE = True
 
 
 def preferred_memory_format(device):
@@ -94,6 +98,30 @@ def gaussian_kl(qm, qv, pm, pv):
     return -0.5 + pv.log() - qv.log() + 0.5 * (qv.square() + (qm - pm).square()) / pv.square()
 
 
+@functools.cache
+def _onednn_linear_works():
+    """Whether this torch has oneDNN's fused linears (a private op of torch's, used by its compiler): checked
+    once, on a tiny input against the plain ops; without them the blocks keep the plain path."""
+    try:
+        # fixed values: drawing them would move the global RNG, and with it the posterior draws of the caller
+        x, w, b = torch.linspace(-2, 2, 24).view(3, 8), torch.linspace(1, -1, 32).view(4, 8), torch.linspace(-1, 1, 4)
+        y = torch.ops.mkldnn._linear_pointwise(x, w, b, 'gelu', [None], 'none')
+        z = torch.ops.mkldnn._linear_pointwise.binary(x, y, w, b, 'add')
+        return bool(torch.allclose(y, F.gelu(F.linear(x, w, b)), atol=1e-5)
+                    and torch.allclose(z, F.linear(x, w, b) + y, atol=1e-5))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _onednn_inference(x, weight):
+    """Whether a ConvNeXt block's linears on channels-last ``x`` go through oneDNN's fused kernels: on a CPU in
+    float32 without autograd, outside autocast and torch.compile, with ``torch.backends.mkldnn`` enabled."""
+    return (ONEDNN_INFERENCE and not torch.is_grad_enabled() and x.device.type == 'cpu'
+            and x.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()
+            and _onednn_linear_works())
+
+
 class _DepthwiseConvCPU(torch.autograd.Function):
     """A 'same'-padded depthwise convolution whose weight gradient comes from :mod:`lvae.kernels` (CPU,
     float32, channels_last); the forward and the input gradient are oneDNN's forward convolutions."""
@@ -141,7 +169,10 @@ class ConvNeXtBlockAdaLN(nn.Module):
         h = self._conv_dw(x).permute(0, 2, 3, 1)  # a view: no copy when x is channels_last
         h = F.layer_norm(h, (self.dim,), eps=1e-6)
         shift, scale = self.embedding_layer(emb).chunk(2, dim=1)  # (B, C) each
-        if h.shape[1] * h.shape[2] >= FOLD_PIXELS_PER_CHANNEL * self.dim:
+        fold = h.shape[1] * h.shape[2] >= FOLD_PIXELS_PER_CHANNEL * self.dim
+        if x.is_contiguous(memory_format=torch.channels_last) and _onednn_inference(h, self.mlp.fc1.weight):
+            return self._fc1_gelu_onednn(h, shift, scale, fold)
+        if fold:
             h = self._fc1_folded(h, shift, scale)
         else:
             h = self.mlp.fc1(torch.addcmul(shift[:, None, None], h, 1 + scale[:, None, None]))
@@ -168,6 +199,18 @@ class ConvNeXtBlockAdaLN(nn.Module):
         out = torch.baddbmm(bias[:, None, :], h.reshape(nb, nh * nw, c), weight_t)
         return out.view(nb, nh, nw, -1)
 
+    def _fc1_gelu_onednn(self, h, shift, scale, fold):
+        """``GELU(fc1(h * (1 + scale) + shift))`` as one oneDNN call (no autograd): (B, H, W, C) -> (B, H, W, 2C).
+        For one image with ``fold``, the affine goes into fc1's weights; otherwise it is a pass over ``h`` (several
+        images would need a call each and a copy of the wider output to join them)."""
+        fc1 = self.mlp.fc1
+        if fold and h.shape[0] == 1:
+            weight, bias = fc1.weight * (1 + scale), torch.addmm(fc1.bias, shift, fc1.weight.t())[0]
+        else:
+            h = torch.addcmul(shift[:, None, None], h, 1 + scale[:, None, None])
+            weight, bias = fc1.weight, fc1.bias
+        return torch.ops.mkldnn._linear_pointwise(h, weight, bias, 'gelu', [None], 'none')
+
     def forward(self, x, emb):
         a = self.hidden(x, emb)
         fc2 = self.mlp.fc2
@@ -179,7 +222,12 @@ class ConvNeXtBlockAdaLN(nn.Module):
         # The residual is made as a (B*H*W, C) tensor of its own, not a view: an in-place op on a view would
         # cost autograd a clone and a copy of its gradient (CopySlices).
         gamma = self.gamma.view(-1)
-        out = torch.add(x.permute(0, 2, 3, 1).reshape(-1, self.dim), gamma * fc2.bias)
+        residual = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
+        if _onednn_inference(x, fc2.weight):  # x + (gamma W) a + gamma b in one call
+            out = torch.ops.mkldnn._linear_pointwise.binary(a, residual, fc2.weight * gamma[:, None],
+                                                            gamma * fc2.bias, 'add')
+            return out.permute(0, 3, 1, 2)
+        out = torch.add(residual.reshape(-1, self.dim), gamma * fc2.bias)
         out.addmm_(a.reshape(-1, a.shape[-1]), (fc2.weight * gamma[:, None]).t())
         return out.view(x.shape[0], x.shape[2], x.shape[3], self.dim).permute(0, 3, 1, 2)
 

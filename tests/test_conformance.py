@@ -75,8 +75,11 @@ def test_unconditional_sample_matches_reference(conformance, conformance_model):
     torch.testing.assert_close(image, s['image'], rtol=0, atol=1e-4)
 
 
-def test_channels_last_gives_the_same_numbers(conformance, conformance_model):
-    case = conformance['cases'][1]
+@pytest.mark.parametrize('index', [0, 1])
+def test_channels_last_gives_the_same_numbers(conformance, conformance_model, index):
+    """The CPU evaluation path: channels_last, AdaLN fold, and oneDNN's fused linears where torch has them
+    (case 0 is one image, whose affine is folded into fc1; case 1 is two)."""
+    case = conformance['cases'][index]
     model = VariableRateLossyVAE.from_config(conformance['config'])
     model.load_state_dict(conformance['state_dict'])
     model = model.eval().to(memory_format=torch.channels_last)

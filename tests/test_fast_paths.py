@@ -45,6 +45,57 @@ def test_the_fold_is_used_at_high_resolution_only(monkeypatch):
     assert calls == [(1, 8, 4, 16)]
 
 
+onednn = pytest.mark.skipif(not lvae.layers._onednn_linear_works(), reason="this torch has no oneDNN fused linears")
+
+
+@onednn
+@pytest.mark.parametrize('batch', [1, 3])
+@pytest.mark.parametrize('fold', [False, True])
+def test_onednn_inference_path_matches_the_plain_block(batch, fold, monkeypatch):
+    """Without autograd, channels_last blocks run fc1 + GELU and fc2 + residual as oneDNN calls; they give
+    what the plain ops give, for one image (affine folded into fc1) and several (affine as a pass)."""
+    torch.manual_seed(0)
+    block = ConvNeXtBlockAdaLN(16, 8).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        block.gamma.fill_(0.5)
+    x = torch.randn(batch, 16, 12, 10).contiguous(memory_format=torch.channels_last)
+    emb = torch.randn(batch, 8)
+    monkeypatch.setattr(lvae.layers, 'FOLD_PIXELS_PER_CHANNEL', ALWAYS if fold else NEVER)
+    calls = []
+    fused = ConvNeXtBlockAdaLN._fc1_gelu_onednn
+    monkeypatch.setattr(ConvNeXtBlockAdaLN, '_fc1_gelu_onednn', lambda *a: calls.append(1) or fused(*a))
+    with torch.inference_mode():
+        monkeypatch.setattr(lvae.layers, 'ONEDNN_INFERENCE', False)
+        ref = block(x, emb)
+        assert calls == []
+        monkeypatch.setattr(lvae.layers, 'ONEDNN_INFERENCE', True)
+        out = block(x, emb)
+        assert calls == [1]
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@onednn
+def test_onednn_is_not_used_where_autograd_records():
+    block = ConvNeXtBlockAdaLN(16, 8).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = block(x, torch.randn(1, 8))
+    assert y.grad_fn is not None and 'mkldnn' not in y.grad_fn.name().lower()
+    y.sum().backward()
+    assert block.mlp.fc1.weight.grad is not None
+
+
+def test_the_onednn_check_leaves_the_global_rng_alone():
+    """The one-time check of oneDNN's fused linears runs inside the first evaluation forward, between posterior
+    draws: it must not draw random numbers of its own."""
+    lvae.layers._onednn_linear_works.cache_clear()
+    torch.manual_seed(0)
+    lvae.layers._onednn_linear_works()
+    after_check = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(after_check, torch.rand(4))
+
+
 def model_outputs(model, im, lmb):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)

@@ -308,14 +308,14 @@ def measure(run, flops, roofline, device, repeats, precision='fp32', **fields):
 
 def variant_rows(model, make_run, add_row, args, device, compiled, inference=False):
     """``add_row(name, run, precision)`` for each fast-path variant of :data:`VARIANTS` (fp32, TF32 off; the
-    oneDNN row only for an ``inference`` call on a CPU, the only place where it differs from the fold), then,
+    fused row only for an ``inference`` call on a CPU, the only place where it differs from the fold), then,
     in the device's preferred memory format (what the scripts run), on a GPU with TF32, with bf16 autocast
     when ``args.amp``, and ``compiled(model)`` (under ``args.amp`` when given) when ``args.compile``;
     ``make_run(model, amp)`` builds the timed call."""
-    for name, memory_format, fold, onednn in VARIANTS:
-        if onednn and not (inference and device.type == 'cpu'):
+    for name, memory_format, fold, fused in VARIANTS:
+        if fused and not (inference and device.type == 'cpu'):
             continue
-        with variant(model, device, memory_format, fold, onednn) as m:
+        with variant(model, device, memory_format, fold, fused) as m:
             add_row(name, make_run(m, None), 'fp32')
     model.to(memory_format=preferred_memory_format(device))
     name = layout_name(device)
@@ -328,11 +328,11 @@ def variant_rows(model, make_run, add_row, args, device, compiled, inference=Fal
                 make_run(compiled(model), args.amp), args.amp or 'fp32')
 
 
-VARIANTS = (  # (row name, memory format, AdaLN folded into fc1, oneDNN's fused linears without autograd)
+VARIANTS = (  # (row name, memory format, AdaLN folded into fc1, the fused kernels of inference on a CPU)
     ('nchw, unfolded', torch.contiguous_format, False, False),  # the layout of the authors' code
     ('channels_last, unfolded', torch.channels_last, False, False),
     ('channels_last + fold', torch.channels_last, True, False),  # what train-var-rate.py runs on a CPU
-    ('channels_last + fold + oneDNN', torch.channels_last, True, True),  # what evaluate_bound runs on a CPU
+    ('channels_last + fold + fused', torch.channels_last, True, True),  # what evaluate_bound runs on a CPU
 )
 
 
@@ -343,19 +343,20 @@ def layout_name(device):
 
 def default_path(device, inference=False):
     """The name of the path the scripts run on ``device``: its preferred memory format, AdaLN fold on, and for
-    an ``inference`` call on a CPU, oneDNN's fused linears."""
-    return layout_name(device) + ' + fold' + (' + oneDNN' if inference and device.type == 'cpu' else '')
+    an ``inference`` call on a CPU, the fused kernels (:data:`lvae.layers.FUSED_INFERENCE`)."""
+    return layout_name(device) + ' + fold' + (' + fused' if inference and device.type == 'cpu' else '')
 
 
 @contextlib.contextmanager
-def variant(model, device, memory_format, fold, onednn):
+def variant(model, device, memory_format, fold, fused):
     """Run ``model`` (converted in place) in ``memory_format``, with the ConvNeXt blocks' AdaLN fold and their
-    oneDNN fused linears (:data:`lvae.layers.ONEDNN_INFERENCE`) on or off."""
+    fused inference kernels (:data:`lvae.layers.FUSED_INFERENCE`: depthwise convolution + LayerNorm, and oneDNN's
+    fc1 + GELU and fc2 + residual) on or off."""
     import lvae.layers
-    saved = lvae.layers.FOLD_PIXELS_PER_CHANNEL, lvae.layers.ONEDNN_INFERENCE
+    saved = lvae.layers.FOLD_PIXELS_PER_CHANNEL, lvae.layers.FUSED_INFERENCE
     lvae.layers.FOLD_PIXELS_PER_CHANNEL = saved[0] if fold else float('inf')
-    lvae.layers.ONEDNN_INFERENCE = onednn
+    lvae.layers.FUSED_INFERENCE = fused
     try:
         yield model.to(device, memory_format=memory_format)
     finally:
-        lvae.layers.FOLD_PIXELS_PER_CHANNEL, lvae.layers.ONEDNN_INFERENCE = saved
+        lvae.layers.FOLD_PIXELS_PER_CHANNEL, lvae.layers.FUSED_INFERENCE = saved

@@ -19,9 +19,10 @@ MAX_LMB = 8192.0
 # ConvNeXt blocks fold AdaLN into fc1 when each image has at least this many pixels per channel (below,
 # the per-image weight copies cost more than the activation pass they save).
 FOLD_PIXELS_PER_CHANNEL = 2
-# Without autograd (evaluation) on a CPU, channels_last float32 ConvNeXt blocks run fc1 + GELU and fc2 + the
-# residual as one oneDNN call each (``torch.ops.mkldnn._linear_pointwise``), when this torch has them.
-ONEDNN_INFERENCE = True
+# Without autograd (evaluation) on a CPU, channels_last float32 ConvNeXt blocks run fused kernels: the depthwise
+# convolution with the LayerNorm (lvae.kernels), and fc1 + GELU and fc2 + the residual as one oneDNN call each
+# (``torch.ops.mkldnn._linear_pointwise``), where this torch has them.
+FUSED_INFERENCE = True
 
 
 def preferred_memory_format(device):
@@ -113,13 +114,18 @@ def _onednn_linear_works():
         return False
 
 
+def _fused_inference(x, weight):
+    """Whether a ConvNeXt block runs its fused inference kernels on ``x``: :data:`FUSED_INFERENCE`, on a CPU in
+    float32 channels_last without autograd, outside autocast and torch.compile."""
+    return (FUSED_INFERENCE and not torch.is_grad_enabled() and x.device.type == 'cpu'
+            and x.dtype == weight.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling())
+
+
 def _onednn_inference(x, weight):
-    """Whether a ConvNeXt block's linears on channels-last ``x`` go through oneDNN's fused kernels: on a CPU in
-    float32 without autograd, outside autocast and torch.compile, with ``torch.backends.mkldnn`` enabled."""
-    return (ONEDNN_INFERENCE and not torch.is_grad_enabled() and x.device.type == 'cpu'
-            and x.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()
-            and _onednn_linear_works())
+    """Whether a ConvNeXt block's linears on ``x`` go through oneDNN's fused kernels: :func:`_fused_inference`,
+    with ``torch.backends.mkldnn`` enabled."""
+    return _fused_inference(x, weight) and torch.backends.mkldnn.enabled and _onednn_linear_works()
 
 
 class _DepthwiseConvCPU(torch.autograd.Function):
@@ -166,11 +172,16 @@ class ConvNeXtBlockAdaLN(nn.Module):
     def hidden(self, x, emb):
         """The MLP's activations, channels-last: (B, C, H, W) -> (B, H, W, 2C) (timm's Mlp up to fc2; its
         dropout and norm are identities here)."""
-        h = self._conv_dw(x).permute(0, 2, 3, 1)  # a view: no copy when x is channels_last
-        h = F.layer_norm(h, (self.dim,), eps=1e-6)
+        conv = self.conv_dw
+        if (_fused_inference(x, conv.weight) and conv.kernel_size == (7, 7) and self.dim % 16 == 0
+                and kernels.available()):
+            h = kernels.depthwise_conv_layer_norm(x, conv.weight, conv.bias, 1e-6)
+        else:
+            h = self._conv_dw(x).permute(0, 2, 3, 1)  # a view: no copy when x is channels_last
+            h = F.layer_norm(h, (self.dim,), eps=1e-6)
         shift, scale = self.embedding_layer(emb).chunk(2, dim=1)  # (B, C) each
         fold = h.shape[1] * h.shape[2] >= FOLD_PIXELS_PER_CHANNEL * self.dim
-        if x.is_contiguous(memory_format=torch.channels_last) and _onednn_inference(h, self.mlp.fc1.weight):
+        if _onednn_inference(x, self.mlp.fc1.weight):
             return self._fc1_gelu_onednn(h, shift, scale, fold)
         if fold:
             h = self._fc1_folded(h, shift, scale)

@@ -65,10 +65,10 @@ def test_onednn_inference_path_matches_the_plain_block(batch, fold, monkeypatch)
     fused = ConvNeXtBlockAdaLN._fc1_gelu_onednn
     monkeypatch.setattr(ConvNeXtBlockAdaLN, '_fc1_gelu_onednn', lambda *a: calls.append(1) or fused(*a))
     with torch.inference_mode():
-        monkeypatch.setattr(lvae.layers, 'ONEDNN_INFERENCE', False)
+        monkeypatch.setattr(lvae.layers, 'FUSED_INFERENCE', False)
         ref = block(x, emb)
         assert calls == []
-        monkeypatch.setattr(lvae.layers, 'ONEDNN_INFERENCE', True)
+        monkeypatch.setattr(lvae.layers, 'FUSED_INFERENCE', True)
         out = block(x, emb)
         assert calls == [1]
     assert out.is_contiguous(memory_format=torch.channels_last)

@@ -23,10 +23,10 @@ from lvae.models.rd.model import MAX_STRIDE
 from lvae.paths import dataset_path
 
 BPP_PIXELS = ('original', 'padded')
-# Lambdas batched per forward on CPU: up to this many padded pixels, i.e. 4 lambdas of a Kodak image. On a 2-core
-# Xeon, 16 lambdas of one Kodak image ran 0.97-1.04x (rd_model_base, within the machine's noise) and 1.15x
-# (rd_model_small) as fast 4 per forward as 1 per forward; all 16 in one forward gained no more
-# (benchmarks/RESULTS.md). More pixels per forward only cost memory: rd_model_base's forward of 4 x 768 x 512
+# Lambdas batched per forward on CPU: up to this many padded pixels, i.e. 4 lambdas of a Kodak image. 16 lambdas
+# of one Kodak image ran 0.97-1.04x (rd_model_base on a 2-core Xeon, within the machine's noise), 1.08x (on a
+# 2-core EPYC) and 1.15x (rd_model_small) as fast 4 per forward as 1 per forward; all 16 in one forward gained
+# no more (benchmarks/RESULTS.md). More pixels per forward only cost memory: rd_model_base's forward of 4 x 768 x 512
 # peaks at 2.3 GB above the model (1 lambda: 0.63 GB).
 CPU_PIXELS_PER_FORWARD = 4 * 512 * 768
 

@@ -105,7 +105,8 @@ def _onednn_linear_works():
     once, on a tiny input against the plain ops; without them the blocks keep the plain path."""
     try:
         # fixed values: drawing them would move the global RNG, and with it the posterior draws of the caller
-        x, w, b = torch.linspace(-2, 2, 24).view(3, 8), torch.linspace(1, -1, 32).view(4, 8), torch.linspace(-1, 1, 4)
+        x, w = torch.linspace(-2, 2, 24).view(3, 8), torch.linspace(1, -1, 32).view(4, 8)
+        b = torch.linspace(-1, 1, 4)
         y = torch.ops.mkldnn._linear_pointwise(x, w, b, 'gelu', [None], 'none')
         z = torch.ops.mkldnn._linear_pointwise.binary(x, y, w, b, 'add')
         return bool(torch.allclose(y, F.gelu(F.linear(x, w, b)), atol=1e-5)
@@ -227,17 +228,16 @@ class ConvNeXtBlockAdaLN(nn.Module):
         fc2 = self.mlp.fc2
         if not x.is_contiguous(memory_format=torch.channels_last) or not a.dtype == x.dtype == fc2.weight.dtype:
             return torch.addcmul(x, fc2(a).permute(0, 3, 1, 2), self.gamma)  # NCHW, or under autocast
-        # channels_last in one dtype: gamma folded into fc2 (gamma * (W a + b) = (gamma W) a + gamma b) and
-        # fc2's GEMM accumulated onto x + gamma b in place. No pass for gamma or the residual, forward or
-        # backward; gamma's gradient comes through the folded weight.
-        # The residual is made as a (B*H*W, C) tensor of its own, not a view: an in-place op on a view would
-        # cost autograd a clone and a copy of its gradient (CopySlices).
+        # channels_last in one dtype: gamma folded into fc2 (gamma * (W a + b) = (gamma W) a + gamma b). No pass
+        # for gamma, forward or backward; gamma's gradient comes through the folded weight.
         gamma = self.gamma.view(-1)
-        residual = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
-        if _onednn_inference(x, fc2.weight):  # x + (gamma W) a + gamma b in one call
+        residual = x.permute(0, 2, 3, 1)  # (B, H, W, C): a contiguous view
+        if _onednn_inference(x, fc2.weight):  # x + (gamma W) a + gamma b in one oneDNN call
             out = torch.ops.mkldnn._linear_pointwise.binary(a, residual, fc2.weight * gamma[:, None],
                                                             gamma * fc2.bias, 'add')
             return out.permute(0, 3, 1, 2)
+        # fc2's GEMM accumulated in place onto x + gamma b, made as a (B*H*W, C) tensor of its own, not a view: an
+        # in-place op on a view would cost autograd a clone and a copy of its gradient (CopySlices).
         out = torch.add(residual.reshape(-1, self.dim), gamma * fc2.bias)
         out.addmm_(a.reshape(-1, a.shape[-1]), (fc2.weight * gamma[:, None]).t())
         return out.view(x.shape[0], x.shape[2], x.shape[3], self.dim).permute(0, 3, 1, 2)

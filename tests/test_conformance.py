@@ -77,8 +77,8 @@ def test_unconditional_sample_matches_reference(conformance, conformance_model):
 
 @pytest.mark.parametrize('index', [0, 1])
 def test_channels_last_gives_the_same_numbers(conformance, conformance_model, index):
-    """The CPU evaluation path: channels_last, AdaLN fold, and oneDNN's fused linears where torch has them
-    (case 0 is one image, whose affine is folded into fc1; case 1 is two)."""
+    """The CPU evaluation path: channels_last, AdaLN fold, and the fused inference kernels where they are
+    available (case 0 is one image, whose affine is folded into fc1; case 1 is two)."""
     case = conformance['cases'][index]
     model = VariableRateLossyVAE.from_config(conformance['config'])
     model.load_state_dict(conformance['state_dict'])

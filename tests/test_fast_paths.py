@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import lvae
+import lvae.kernels
 import lvae.layers
 from lvae.layers import ConvNeXtBlockAdaLN
 
@@ -51,9 +52,10 @@ onednn = pytest.mark.skipif(not lvae.layers._onednn_linear_works(), reason="this
 @onednn
 @pytest.mark.parametrize('batch', [1, 3])
 @pytest.mark.parametrize('fold', [False, True])
-def test_onednn_inference_path_matches_the_plain_block(batch, fold, monkeypatch):
-    """Without autograd, channels_last blocks run fc1 + GELU and fc2 + residual as oneDNN calls; they give
-    what the plain ops give, for one image (affine folded into fc1) and several (affine as a pass)."""
+def test_fused_inference_path_matches_the_plain_block(batch, fold, monkeypatch):
+    """Without autograd, channels_last blocks run fc1 + GELU and fc2 + residual as oneDNN calls (and, where
+    lvae.kernels builds, the depthwise convolution + LayerNorm as one kernel); they give what the plain ops
+    give, for one image (affine folded into fc1) and several (affine as a pass)."""
     torch.manual_seed(0)
     block = ConvNeXtBlockAdaLN(16, 8).to(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -75,14 +77,16 @@ def test_onednn_inference_path_matches_the_plain_block(batch, fold, monkeypatch)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
-@onednn
-def test_onednn_is_not_used_where_autograd_records():
+def test_the_fused_inference_kernels_stay_out_of_autograd(monkeypatch):
+    """Where autograd records (training), the blocks keep the differentiable path: neither oneDNN's fused
+    linears nor the fused depthwise convolution + LayerNorm kernel (which have no backward) run."""
     block = ConvNeXtBlockAdaLN(16, 8).to(memory_format=torch.channels_last)
+    calls = []
+    monkeypatch.setattr(ConvNeXtBlockAdaLN, '_fc1_gelu_onednn', lambda *a: calls.append('fc1'))
+    monkeypatch.setattr(lvae.kernels, 'depthwise_conv_layer_norm', lambda *a: calls.append('dwconv'))
     x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
-    y = block(x, torch.randn(1, 8))
-    assert y.grad_fn is not None and 'mkldnn' not in y.grad_fn.name().lower()
-    y.sum().backward()
-    assert block.mlp.fc1.weight.grad is not None
+    block(x, torch.randn(1, 8)).sum().backward()
+    assert calls == [] and block.mlp.fc1.weight.grad is not None
 
 
 def test_the_onednn_check_leaves_the_global_rng_alone():

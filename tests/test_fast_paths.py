@@ -1,5 +1,5 @@
-"""The fast paths compute what the reference path computes: the AdaLN fold of the ConvNeXt block,
-channels_last models, in values and gradients."""
+"""The fast paths compute what the reference path computes: the AdaLN fold of the ConvNeXt block, the fused
+inference kernels, channels_last models, in values and gradients."""
 import pytest
 import torch
 

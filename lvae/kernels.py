@@ -35,6 +35,17 @@ typedef float v16 __attribute__((vector_size(64)));
 static inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
 static inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 
+// Output columns of the tile that starts at column x0 of a row of W: 14, then 4, then 1 at the row's end.
+static inline int64_t tile_width(int64_t x0, int64_t W) { return x0 + 14 <= W ? 14 : x0 + 4 <= W ? 4 : 1; }
+
+// The n taps from column x0 of a row (pixel stride C) into pad, 16 floats each, zero outside columns [0, W).
+static inline void copy_padded(float* pad, const float* xrow, int64_t x0, int64_t n, int64_t W, int64_t C) {
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t xx = x0 + j;
+        store16(pad + j * 16, xx >= 0 && xx < W ? load16(xrow + xx * C) : v16{});
+    }
+}
+
 // acc[kx] += sum_{q < XT} x[q + kx] * g[q], 16 channels; x points at the tile's first tap. Pixel strides: xs, C.
 template <int K, int XT>
 static inline void wgrad_tile(float* acc, const float* x, int64_t xs, const float* g, int64_t C) {
@@ -81,7 +92,7 @@ torch::Tensor depthwise_weight_grad(torch::Tensor x, torch::Tensor g, int64_t k)
                 const int64_t ky0 = std::max<int64_t>(0, p - y), ky1 = std::min<int64_t>(k, H + p - y);
                 const float* grow = G + r * W * C;
                 for (int64_t x0 = 0; x0 < W;) {
-                    const int64_t xt = x0 + 14 <= W ? 14 : x0 + 4 <= W ? 4 : 1;
+                    const int64_t xt = tile_width(x0, W);
                     const bool inside = x0 >= p && x0 + xt + p <= W;  // every tap of the tile in the image
                     for (int64_t b = 0; b < blocks; ++b) {
                         const int64_t c0 = b * CB, cn = std::min(CB, C - c0);
@@ -93,10 +104,7 @@ torch::Tensor depthwise_weight_grad(torch::Tensor x, torch::Tensor g, int64_t k)
                                 const float* xt0 = xrow + (x0 - p) * C;
                                 int64_t xs = C;
                                 if (!inside) {  // the tile's taps, zero outside the image, 16 floats per pixel
-                                    for (int64_t j = 0; j < xt + 6; ++j) {
-                                        const int64_t xx = x0 - p + j;
-                                        store16(pad + j * CB, xx >= 0 && xx < W ? load16(xrow + xx * C) : v16{});
-                                    }
+                                    copy_padded(pad, xrow, x0 - p, xt + 6, W, C);
                                     xt0 = pad;
                                     xs = CB;
                                 }
@@ -163,10 +171,7 @@ static inline void conv_block(float* out, const float* X, const float* wr, const
         if (inside) {
             conv_tile<XT>(acc, xrow + (x0 - 3) * C, C, wv);
         } else {
-            for (int64_t j = 0; j < XT + 6; ++j) {
-                const int64_t xx = x0 - 3 + j;
-                store16(pad + j * 16, xx >= 0 && xx < W ? load16(xrow + xx * C) : v16{});
-            }
+            copy_padded(pad, xrow, x0 - 3, XT + 6, W, C);
             conv_tile<XT>(acc, pad, 16, wv);
         }
     }
@@ -197,7 +202,7 @@ torch::Tensor depthwise_conv_layer_norm(torch::Tensor x, torch::Tensor weight, t
             const int64_t n = r / H, y = r % H;
             float* orow = O + r * W * C;
             for (int64_t x0 = 0; x0 < W;) {
-                const int64_t xt = x0 + 14 <= W ? 14 : x0 + 4 <= W ? 4 : 1;
+                const int64_t xt = tile_width(x0, W);
                 float* o = orow + x0 * C;
                 for (int64_t c0 = 0; c0 < C; c0 += 16) {
                     const float* w = WR + c0 * 49;

@@ -115,12 +115,18 @@ def _onednn_linear_works():
         return False
 
 
+def _cpu_kernel_input(x, weight):
+    """Whether ``x`` and ``weight`` suit the blocks' CPU kernels: float32 on a CPU, ``x`` channels_last, outside
+    autocast and torch.compile."""
+    return (x.device.type == 'cpu' and x.dtype == weight.dtype == torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last) and not torch.is_autocast_enabled('cpu')
+            and not torch.compiler.is_compiling())
+
+
 def _fused_inference(x, weight):
-    """Whether a ConvNeXt block runs its fused inference kernels on ``x``: :data:`FUSED_INFERENCE`, on a CPU in
-    float32 channels_last without autograd, outside autocast and torch.compile."""
-    return (FUSED_INFERENCE and not torch.is_grad_enabled() and x.device.type == 'cpu'
-            and x.dtype == weight.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling())
+    """Whether a ConvNeXt block runs its fused inference kernels on ``x``: :data:`FUSED_INFERENCE`, without
+    autograd, on a :func:`_cpu_kernel_input`."""
+    return FUSED_INFERENCE and not torch.is_grad_enabled() and _cpu_kernel_input(x, weight)
 
 
 def _onednn_inference(x, weight):
@@ -193,9 +199,8 @@ class ConvNeXtBlockAdaLN(nn.Module):
     def _conv_dw(self, x):
         """``conv_dw(x)``; when training on a CPU in float32 channels_last, with lvae.kernels' weight gradient."""
         conv = self.conv_dw
-        if (torch.is_grad_enabled() and conv.weight.requires_grad and x.device.type == 'cpu'
-                and x.dtype == conv.weight.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
-                and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling() and kernels.available()):
+        if (torch.is_grad_enabled() and conv.weight.requires_grad and _cpu_kernel_input(x, conv.weight)
+                and kernels.available()):
             return _DepthwiseConvCPU.apply(x, conv.weight, conv.bias)
         return conv(x)
 

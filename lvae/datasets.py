@@ -1,6 +1,7 @@
 """Download the paper's test sets into the dataset folders that :mod:`lvae.paths` resolves.
 
-Command line::
+:func:`find_or_download` (what ``evaluate_bound(model, 'kodak')`` and the scripts call) fetches a known test set
+the first time it is asked for, like torchvision's ``download=True``. By hand::
 
     python -m lvae.datasets download kodak tecnick-rgb-1200 clic2022-test [--root DIR]
     python -m lvae.datasets list
@@ -8,7 +9,9 @@ Command line::
 Each download is checked: the sha256 of a file when :data:`SOURCES` states one, then the number of images,
 that every image decodes (:func:`lvae.images.check_images`) and that its size is one the dataset has.
 Files go through torch's ``download_url_to_file`` (temporary file, tqdm progress bar, then rename), so an
-interrupted download leaves no half file behind; files already present are not fetched again.
+interrupted download leaves no half file behind; files already present are not fetched again. A new dataset
+folder is filled as ``<folder>.partial`` and renamed once verified, so an interrupted download never looks like
+a complete dataset.
 """
 import argparse
 import os
@@ -94,6 +97,12 @@ def verify(name, folder):
         raise DownloadError(f'{name} in {folder} is not complete:\n  ' + '\n  '.join(problems))
 
 
+def source_url(name):
+    """Where dataset ``name`` is downloaded from (its archive, or its first file)."""
+    spec = SOURCES[name]
+    return spec['archive'] if 'archive' in spec else spec['files'][0][0]
+
+
 def download(name, root=None, progress=True):
     """Download dataset ``name`` into ``<root>/<name>`` (default: where :func:`lvae.paths.dataset_path`
     expects it), verify it, and return the folder."""
@@ -101,18 +110,43 @@ def download(name, root=None, progress=True):
         raise ValueError(f'no download source for {name!r}; downloadable: {", ".join(SOURCES)}')
     spec = SOURCES[name]
     folder = os.path.join(root, name) if root else dataset_path(name, must_exist=False)
-    os.makedirs(folder, exist_ok=True)
+    # a folder that exists already is completed in place; a new one appears only once it is complete
+    work = folder if os.path.isdir(folder) else folder.rstrip(os.sep) + '.partial'
+    os.makedirs(work, exist_ok=True)
     if 'files' in spec:
-        todo = [(url, f) for url, f in spec['files'] if not os.path.isfile(os.path.join(folder, f))]
+        todo = [(url, f) for url, f in spec['files'] if not os.path.isfile(os.path.join(work, f))]
         for url, fname in tqdm(todo, desc=name, unit='file', disable=not progress):
-            _fetch(url, os.path.join(folder, fname), spec['sha256'].get(fname), progress=False)
-    elif len(list_images(folder)) != spec['count']:
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            _fetch(url, os.path.join(work, fname), spec['sha256'].get(fname), progress=False)
+    elif len(list_images(work)) != spec['count']:
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
             archive = os.path.join(tmp, spec['archive_name'])
             _fetch(spec['archive'], archive, spec['sha256'].get(spec['archive_name']), progress=progress)
-            _extract_images(archive, folder, spec['member_filter'])
-    verify(name, folder)
+            _extract_images(archive, work, spec['member_filter'])
+    verify(name, work)
+    if work != folder:
+        os.replace(work, folder)
     return folder
+
+
+def find_or_download(name_or_folder, progress=True):
+    """The folder of a dataset name or folder path (:func:`lvae.paths.dataset_path`); a known test set that is
+    not on this machine is downloaded first (:func:`download`). Raises FileNotFoundError with one line naming
+    the URL and the folder to put the files in when that download fails (e.g. offline)."""
+    try:
+        return dataset_path(name_or_folder)
+    except FileNotFoundError:
+        name = os.fspath(name_or_folder)
+        if name not in SOURCES:
+            raise
+    folder = dataset_path(name, must_exist=False)
+    print(f'{name} is not on this machine: downloading it into {folder}', file=sys.stderr)
+    try:
+        return download(name, progress=progress)
+    except (DownloadError, OSError) as e:
+        first = str(e).splitlines()[0]
+        raise FileNotFoundError(f'dataset {name!r} is missing and its download failed ({first}); fetch '
+                                f'{source_url(name)} by hand and put its {SOURCES[name]["count"]} images in '
+                                f'{folder}') from None
 
 
 def main(argv=None):

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lvae.datasets import find_or_download
 from lvae.images import ImageError, check_images, list_images, load_image
 from lvae.layers import preferred_memory_format
 from lvae.models.rd.model import MAX_STRIDE
-from lvae.paths import dataset_path
 
 BPP_PIXELS = ('original', 'padded')
 # Lambdas batched per forward on CPU: up to this many padded pixels, i.e. 4 lambdas of a Kodak image. 16 lambdas
@@ -57,10 +57,11 @@ def tf32(enabled):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def resolve_images(images):
-    """A folder, a known dataset name, or a list of paths -> a list of file paths."""
+def resolve_images(images, progress=True):
+    """A folder, a known dataset name (a known test set that is missing is downloaded first), or a list of
+    paths -> a list of file paths."""
     if isinstance(images, (str, os.PathLike)):
-        folder = dataset_path(images)
+        folder = find_or_download(images, progress=progress)
         paths = list_images(folder)
         if not paths:
             raise FileNotFoundError(f'no image files in {folder}')

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lvae import anchors, datasets
+from lvae import anchors, datasets, paths
 from lvae.bdrate import main as bdrate_main
+from lvae.evaluation import resolve_images
 
 
 @pytest.fixture
@@ -108,3 +109,50 @@ def test_jpeg_anchor_for_a_folder_feeds_bd_rate(kodak_dir, tmp_path, capsys):
     assert anchors.main([str(folder), '--codec', 'vtm', '--output', str(tmp_path / 'v.json'),
                          '--', '--build-dir', str(tmp_path / 'no-vtm'), '--config', 'x.cfg']) == 2
     assert 'no-vtm' in capsys.readouterr().err
+
+
+@pytest.fixture
+def empty_places(tmp_path, monkeypatch):
+    """No dataset anywhere: an empty root, no config file, no shared folder."""
+    monkeypatch.setenv('LVAE_DATASETS', str(tmp_path / 'root'))
+    monkeypatch.setenv('LVAE_CONFIG', str(tmp_path / 'none.json'))
+    monkeypatch.setattr(paths, 'SHARED_DATASETS', str(tmp_path / 'no-shared'))
+    return tmp_path / 'root'
+
+
+def test_a_missing_test_set_is_downloaded_when_asked_for(server, empty_places, monkeypatch, capsys):
+    www, url = server
+    for i in range(2):
+        png(www / f'kodim{i:02d}.png', 64, 64, seed=i)
+    monkeypatch.setitem(datasets.SOURCES, 'kodak', {
+        'files': [(f'{url}/kodim{i:02d}.png', f'kodim{i:02d}.png') for i in range(2)], 'count': 2,
+        'sizes': {(64, 64)}, 'sha256': {}})
+    files = resolve_images('kodak', progress=False)
+    assert [os.path.basename(f) for f in files] == ['kodim00.png', 'kodim01.png']
+    assert os.path.dirname(files[0]) == str(empty_places / 'kodak')
+    assert sorted(os.listdir(empty_places)) == ['kodak']  # the partial folder was renamed
+    assert 'downloading it into' in capsys.readouterr().err
+    assert resolve_images('kodak', progress=False) == files  # found now: nothing fetched
+
+
+def test_an_interrupted_download_never_looks_complete(server, empty_places, monkeypatch):
+    www, url = server
+    png(www / 'kodim00.png', 64, 64)
+    monkeypatch.setitem(datasets.SOURCES, 'kodak', {
+        'files': [(f'{url}/kodim00.png', 'kodim00.png'), (f'{url}/gone.png', 'gone.png')], 'count': 2,
+        'sizes': None, 'sha256': {}})
+    with pytest.raises(FileNotFoundError) as info:
+        resolve_images('kodak', progress=False)
+    message = str(info.value)
+    assert '\n' not in message and f'{url}/kodim00.png' in message and str(empty_places / 'kodak') in message
+    assert not os.path.exists(empty_places / 'kodak')  # only kodak.partial, which no lookup returns
+    with pytest.raises(FileNotFoundError):
+        paths.dataset_path('kodak')
+
+
+def test_offline_the_error_names_the_url_and_the_folder(empty_places, monkeypatch):
+    monkeypatch.setitem(datasets.SOURCES, 'kodak', {
+        'files': [('http://127.0.0.1:9/kodim01.png', 'kodim01.png')], 'count': 1, 'sizes': None, 'sha256': {}})
+    with pytest.raises(FileNotFoundError, match=r'fetch http://127\.0\.0\.1:9/kodim01\.png by hand and put its '
+                                                r'1 images in .*root/kodak'):
+        resolve_images('kodak', progress=False)

@@ -1,10 +1,17 @@
-"""Shared fixtures. ``shared_dir`` is the project's ``../shared`` folder (spec, datasets, anchors): tests
-that need it are skipped with a message on a user's clone, and fail in CI (CI=true), where it must exist."""
+"""Shared fixtures.
+
+``tests/data`` travels with every clone: the tiny conformance vector made with the authors' implementation
+(a copy of ``shared/spec/rd_conformance_tiny.pt``) and the awkward image files (``odd/``: 16-bit, RGBA,
+palette, tiny, truncated, not an image). ``shared_dir`` is the project's ``../shared`` folder (the larger spec
+files, Kodak, the training photos, the anchors' source files): tests that need it are skipped with a message
+on a user's clone, and fail in CI (CI=true), where it must exist.
+"""
 import os
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(REPO, 'tests', 'data')
 SHARED = os.environ.get('LVAE_SHARED', os.path.join(os.path.dirname(REPO), 'shared'))
 
 
@@ -24,5 +31,5 @@ def kodak_dir(shared_dir):
 
 
 @pytest.fixture(scope='session')
-def odd_dir(shared_dir):
-    return os.path.join(shared_dir, 'datasets', 'odd')
+def odd_dir():
+    return os.path.join(DATA, 'odd')

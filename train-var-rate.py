@@ -144,6 +144,11 @@ def lr_factor(it, iterations, sched='const-0.5-cos', warmup=0, lrf_min=0.01):
     return factor
 
 
+def scheduled_lr(args, it):
+    """The LR of iteration ``it`` before gradient spikes cut it (--lr times :func:`lr_factor`)."""
+    return args.lr * lr_factor(it, args.iterations, args.lr_sched, args.lr_warmup, args.lrf_min)
+
+
 def check_args(args):
     positive = ('batch_size', 'accum_num', 'iterations', 'eval_interval', 'log_interval', 'val_steps',
                 'max_bad_steps')
@@ -232,13 +237,13 @@ def validate(model, val_paths, args, anchor, device):
 
 
 def classify_update(loss, grad_norm, recent_norms):
-    """'non-finite' (loss or gradient norm is inf / NaN), 'spike' (gradient norm above SPIKE_FACTOR times
-    the median of ``recent_norms``, once SPIKE_MIN_HISTORY are known) or 'ok'."""
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        return 'non-finite'
-    if len(recent_norms) >= SPIKE_MIN_HISTORY and grad_norm > SPIKE_FACTOR * statistics.median(recent_norms):
-        return 'spike'
-    return 'ok'
+    """The skip rules, as bool tensors ``(non_finite, spike)`` on the device: the loss or the gradient norm
+    (0-d tensors) is inf / NaN; or the norm exceeds SPIKE_FACTOR times the median of ``recent_norms``
+    ((SPIKE_WINDOW,), NaN where none is known yet) once SPIKE_MIN_HISTORY are known."""
+    non_finite = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+    known = (~recent_norms.isnan()).sum()
+    spike = (known >= SPIKE_MIN_HISTORY) & (grad_norm > SPIKE_FACTOR * torch.nanquantile(recent_norms, 0.5))
+    return non_finite, spike & ~non_finite
 
 
 class NoLogging:
@@ -370,27 +375,63 @@ def prepare_model(model, device, args):
 
 
 # ------------------------------------------------------------------------------------------------ state
+class UpdateGuard:
+    """Which updates are skipped (:func:`classify_update`) and what follows: counters, the recent accepted
+    gradient norms and the LR scale, all device tensors, so that deciding never waits for the device; the host
+    reads them at logs and checkpoints."""
+
+    def __init__(self, device):
+        self.recent_norms = torch.full((SPIKE_WINDOW,), math.nan, device=device)  # accepted ones, oldest first
+        self.lr_scale = torch.ones((), device=device)  # times SPIKE_LR_CUT at every spike
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_steps, self.spikes = zero.clone(), zero.clone()        # skipped updates, in all
+        self.bad_in_row, self.longest_bad_run = zero.clone(), zero.clone()  # non-finite ones in a row
+
+    def __call__(self, loss, grad_norm):
+        """Judge one update (0-d tensors) and record it; returns whether to apply it, a bool tensor."""
+        non_finite, spike = classify_update(loss, grad_norm, self.recent_norms)
+        accept = ~(non_finite | spike)
+        shifted = torch.cat([self.recent_norms[1:], grad_norm.float()[None]])
+        self.recent_norms = torch.where(accept, shifted, self.recent_norms)
+        self.lr_scale = torch.where(spike, self.lr_scale * SPIKE_LR_CUT, self.lr_scale)
+        self.bad_steps += non_finite
+        self.spikes += spike
+        self.bad_in_row = torch.where(non_finite, self.bad_in_row + 1, 0)
+        self.longest_bad_run = torch.maximum(self.longest_bad_run, self.bad_in_row)
+        return accept
+
+    def state_dict(self):
+        """Plain numbers (a host-device synchronisation): the LR scale, the recent norms (oldest first), counters."""
+        return {'lr_scale': float(self.lr_scale),
+                'grad_norms': [n for n in self.recent_norms.tolist() if not math.isnan(n)],
+                'bad_steps': int(self.bad_steps), 'spikes': int(self.spikes)}
+
+    def load_state_dict(self, saved):
+        self.lr_scale.fill_(saved['lr_scale'])
+        norms = saved['grad_norms'][-SPIKE_WINDOW:]
+        self.recent_norms[SPIKE_WINDOW - len(norms):] = torch.tensor(norms, dtype=self.recent_norms.dtype)
+        self.bad_steps.fill_(saved['bad_steps'])
+        self.spikes.fill_(saved['spikes'])
+
+
 @dataclass
 class TrainState:
     """Everything a run checkpoints besides its flags and RNG states: the plain (never DDP-wrapped) model, the
-    optimizer, the EMA (rank 0 only, else None), where the run is and what it has skipped."""
+    optimizer, the update guard, the EMA (rank 0 only, else None), where the run is and what it has skipped."""
     model: VariableRateLossyVAE
     optimizer: torch.optim.Optimizer
+    guard: UpdateGuard
     ema: object = None                       # timm ModelEmaV3, or None
     iter: int = 0                            # optimizer updates done (skipped ones included)
     epoch: int = 0                           # pass over the training data of the latest batch
-    lr_scale: float = 1.0                    # halved at every gradient spike
-    grad_norms: deque = field(default_factory=lambda: deque(maxlen=SPIKE_WINDOW))  # recent accepted norms
     best_key: tuple = None                   # ranking of the best validation so far (see `better`)
     wandb_id: str = None
-    bad_steps: int = 0                       # non-finite updates skipped, in all
-    spikes: int = 0                          # gradient spikes skipped, in all
-    skipped_images: int = 0                  # unreadable training images replaced, in all
+    # unreadable training images replaced, in all: a CPU tensor (the loader's counts), read at logs
+    skipped_images: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
 
-    def lr(self, args, it=None):
-        """The learning rate at iteration ``it`` (default: the current one)."""
-        it = self.iter if it is None else it
-        return args.lr * self.lr_scale * lr_factor(it, args.iterations, args.lr_sched, args.lr_warmup, args.lrf_min)
+    def lr(self, args):
+        """The learning rate of the current update, a device tensor (spikes cut it on the device)."""
+        return self.guard.lr_scale * scheduled_lr(args, self.iter)
 
     def header(self, args):
         """What every checkpoint file of the run records."""
@@ -399,27 +440,30 @@ class TrainState:
 
     def to_checkpoint(self, args, rng, metrics=None):
         """last.pt: the state and ``rng`` (the RNG states of every rank), loadable with weights_only=True."""
+        guard = self.guard.state_dict()
+        optimizer = self.optimizer.state_dict()
+        optimizer['param_groups'] = [{**g, 'lr': float(g['lr'])} for g in optimizer['param_groups']]
         return {**self.header(args), 'epoch': self.epoch, 'metrics': metrics, 'model': self.model.state_dict(),
-                'optimizer': self.optimizer.state_dict(),
-                'ema': self.ema.module.state_dict() if self.ema else None,
+                'optimizer': optimizer, 'ema': self.ema.module.state_dict() if self.ema else None,
                 'ema_step': self.iter if self.ema else None,
                 'scheduler': {'sched': args.lr_sched, 'iterations': args.iterations, 'lr': args.lr,
                               'warmup': args.lr_warmup, 'lrf_min': args.lrf_min},
-                'lr_scale': self.lr_scale, 'grad_norms': list(self.grad_norms), 'best_key': self.best_key,
-                'rng': rng, 'counters': {'bad_steps': self.bad_steps, 'spikes': self.spikes,
-                                         'skipped_images': self.skipped_images}}
+                'lr_scale': guard['lr_scale'], 'grad_norms': guard['grad_norms'], 'best_key': self.best_key,
+                'rng': rng, 'counters': {'bad_steps': guard['bad_steps'], 'spikes': guard['spikes'],
+                                         'skipped_images': int(self.skipped_images)}}
 
     def load_checkpoint(self, ckpt):
         """Continue from a last.pt (:meth:`to_checkpoint`); the model's weights are loaded by :func:`build_state`."""
         self.optimizer.load_state_dict(ckpt['optimizer'])
+        for group in self.optimizer.param_groups:  # fused: its step skips updates on the device (`update`)
+            group.update(fused=True, foreach=None)
         if self.ema is not None and ckpt.get('ema') is not None:
             self.ema.module.load_state_dict(ckpt['ema'])
-        self.iter, self.epoch, self.lr_scale = ckpt['iter'], ckpt['epoch'] + 1, ckpt['lr_scale']
+        self.iter, self.epoch = ckpt['iter'], ckpt['epoch'] + 1
         self.best_key, self.wandb_id = ckpt['best_key'], ckpt['wandb_id']
-        self.grad_norms.extend(ckpt.get('grad_norms', []))
-        counters = ckpt['counters']
-        self.bad_steps, self.spikes = counters['bad_steps'], counters['spikes']
-        self.skipped_images = counters['skipped_images']
+        self.guard.load_state_dict({**ckpt['counters'], 'lr_scale': ckpt['lr_scale'],
+                                    'grad_norms': ckpt.get('grad_norms', [])})
+        self.skipped_images.fill_(ckpt['counters']['skipped_images'])
 
 
 def build_state(args, device, procs, resume_ckpt):
@@ -436,8 +480,8 @@ def build_state(args, device, procs, resume_ckpt):
         ema = ModelEmaV3(model, decay=args.ema_decay, use_warmup=True)
         ema.module.to(device)
     prepare_model(model, device, args)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=device.type == 'cuda')
-    state = TrainState(model, optimizer, ema)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+    state = TrainState(model, optimizer, UpdateGuard(device), ema)
     if resume_ckpt:
         state.load_checkpoint(resume_ckpt)
         rng = resume_ckpt['rng']
@@ -529,12 +573,13 @@ def training_batches(trainset, args, procs, device, epoch):
 
 def forward_backward(model, batches, state, args, procs, device):
     """The gradients of one update: --accum_num micro-batches (DDP all-reduces them at the last one). Returns
-    (3,) ``[loss, bpp, psnr]`` averaged over micro-batches and ranks, and the number of images used here."""
+    (3,) ``[loss, bpp, psnr]`` on the device, averaged over micro-batches and ranks, and the number of images
+    used here."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == 'bf16' else nullcontext()
     figures, images = torch.zeros(3, device=device), 0
     for micro in range(args.accum_num):
         state.epoch, (im, skipped) = next(batches)
-        state.skipped_images += int(skipped.sum())
+        state.skipped_images += skipped.sum()
         images += len(im)
         im = im.to(device, non_blocking=True)
         sync = nullcontext() if not procs.ddp or micro == args.accum_num - 1 else model.no_sync()
@@ -542,7 +587,9 @@ def forward_backward(model, batches, state, args, procs, device):
             with autocast:
                 out = model(im)
             (out['loss'] / args.accum_num).backward()
-        figures += torch.tensor([out['loss'].item(), out['bppix'], out['psnr']], device=device)
+        # bppix and psnr may be Python numbers (the model reads them to the host) or tensors
+        figures += torch.stack([torch.as_tensor(out[k], dtype=torch.float32, device=device).detach()
+                                for k in ('loss', 'bppix', 'psnr')])
     figures /= args.accum_num
     if procs.ddp:
         dist.all_reduce(figures)  # a non-finite loss on any rank reaches every rank
@@ -551,51 +598,59 @@ def forward_backward(model, batches, state, args, procs, device):
 
 
 def update(state, args, figures):
-    """Clip the gradients and take the optimizer step and EMA update, unless the update is non-finite or a
-    gradient spike (then skipped and counted; a spike also halves the LR for the rest of the run). Returns the
-    classification (:func:`classify_update`) and the gradient norm before clipping."""
+    """Clip the gradients; take the optimizer step and EMA update unless :class:`UpdateGuard` rejects the update
+    (non-finite, or a gradient spike, which also cuts the LR). Decided and applied on the device: the fused
+    Adam skips its step where ``found_inf`` is 1, the EMA moves by a weight of 0. Returns the gradient norm
+    before clipping (a device tensor, identical on all ranks: the gradients are all-reduced)."""
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), args.grad_clip or float('inf'))
-    grad_norm = float(grad_norm)  # identical on all ranks: gradients are all-reduced
-    status = classify_update(float(figures[0]), grad_norm, state.grad_norms)
-    if status == 'non-finite':
-        state.bad_steps += 1
-    elif status == 'spike':
-        state.spikes, state.lr_scale = state.spikes + 1, state.lr_scale * SPIKE_LR_CUT
-    else:
-        state.grad_norms.append(grad_norm)
-        state.optimizer.step()
-        if state.ema is not None:
-            state.ema.update(state.model, step=state.iter + 1)
+    accept = state.guard(figures[0], grad_norm)
+    state.optimizer.found_inf = (~accept).float()  # the interface torch.amp.GradScaler drives fused Adam by
+    state.optimizer.step()
+    if state.ema is not None:
+        decay = torch.full((), state.ema.get_decay(state.iter + 1), dtype=torch.float64, device=accept.device)
+        state.ema.apply_update_(state.model, decay=torch.where(accept, decay, 1.0))
     state.optimizer.zero_grad(set_to_none=True)
-    return status, grad_norm
+    return grad_norm
 
 
 class Progress:
-    """The progress bar (rank 0), training logs every --log_interval updates, and the throughput summary."""
+    """The progress bar (rank 0), training logs every --log_interval updates, and the throughput summary. The
+    figures stay on the device between logs."""
 
     def __init__(self, args, state, procs, wb):
         self.args, self.procs, self.wb = args, procs, wb
         self.bar = tqdm(total=args.iterations, initial=state.iter, disable=not procs.master, dynamic_ncols=True,
                         desc=args.name if procs.master else None)
-        self.start_iter, self.images = state.iter, 0
+        guard = state.guard.state_dict()
+        self.start_iter, self.images, self.skipped = state.iter, 0, (guard['bad_steps'], guard['spikes'])
         self.t_start = self.t_log = time.time()
 
+    def log_due(self, state):
+        return state.iter % self.args.log_interval == 0 or state.iter == self.args.iterations
+
     def step(self, state, images, lr, figures, grad_norm, device):
-        """Count an update; at the logging interval, log its figures to wandb and the bar."""
+        """Count an update; when a log is due (rank 0), read its figures (a host-device synchronisation), log them
+        to wandb and the bar, and report updates skipped since the last log."""
         self.bar.update(1)
         self.images += images
-        if not self.procs.master or not (state.iter % self.args.log_interval == 0 or
-                                         state.iter == self.args.iterations):
+        if not self.procs.master or not self.log_due(state):
             return
         loss, bpp, psnr = figures.tolist()
-        log = {'train/loss': loss, 'train/bpp': bpp, 'train/psnr': psnr, 'train/lr': lr,
-               'train/grad_norm': grad_norm, 'train/epoch': state.epoch,
+        guard = state.guard.state_dict()
+        log = {'train/loss': loss, 'train/bpp': bpp, 'train/psnr': psnr, 'train/lr': float(lr),
+               'train/grad_norm': float(grad_norm), 'train/epoch': state.epoch,
                'train/sec_per_iter': (time.time() - self.t_log) / self.args.log_interval,
-               'train/skipped_images': state.skipped_images, 'train/bad_steps': state.bad_steps,
-               'train/grad_spikes': state.spikes}
+               'train/skipped_images': int(state.skipped_images), 'train/bad_steps': guard['bad_steps'],
+               'train/grad_spikes': guard['spikes']}
         self.t_log = time.time()
-        post = {'loss': f'{loss:.4f}', 'bpp': f'{bpp:.3f}', 'psnr': f'{psnr:.2f}', 'lr': f'{lr:.2e}',
-                'gnorm': f'{grad_norm:.3g}'}
+        skipped = (guard['bad_steps'], guard['spikes'])
+        if skipped != self.skipped:
+            tqdm.write(f'[iter {state.iter}] updates skipped since the last log: {skipped[0] - self.skipped[0]} '
+                       f'non-finite, {skipped[1] - self.skipped[1]} gradient spikes (LR scale now '
+                       f'{guard["lr_scale"]:g}; last loss {loss:.4g}, grad norm {log["train/grad_norm"]:.4g})')
+        self.skipped = skipped
+        post = {'loss': f'{loss:.4f}', 'bpp': f'{bpp:.3f}', 'psnr': f'{psnr:.2f}', 'lr': f'{log["train/lr"]:.2e}',
+                'gnorm': f'{log["train/grad_norm"]:.3g}'}
         if device.type == 'cuda':
             log['train/peak_mem_gb'] = torch.cuda.max_memory_allocated(device) / 2**30
             post['mem'] = f'{log["train/peak_mem_gb"]:.1f}G'
@@ -614,9 +669,10 @@ class Progress:
 def describe(args, state, procs, device, trainset, run_dir, resumed):
     """The run's opening line: model size, processes, data, images per update, folder, where a resume starts."""
     n_params = sum(p.numel() for p in state.model.parameters())
+    lr = float(state.guard.lr_scale) * scheduled_lr(args, state.iter)
     return (f'{args.model}: {n_params / 1e6:.2f}M parameters on {device} x {procs.world} process(es); {trainset}; '
             f'{args.batch_size * args.accum_num * procs.world} images per update; run folder {run_dir}'
-            + (f'; resuming at iteration {state.iter} (lr {state.lr(args):.6g}, EMA step '
+            + (f'; resuming at iteration {state.iter} (lr {lr:.6g}, EMA step '
                f'{state.iter if state.ema else None})' if resumed else ''))
 
 
@@ -645,29 +701,25 @@ def main(argv=None):
         run_validation(run, state, args, device)
     procs.barrier()
     signal.signal(signal.SIGTERM, raise_interrupt)  # torchrun stops workers with SIGTERM
-    outcome, bad_in_row = 'done', 0
+    outcome = 'done'
     try:
         while state.iter < args.iterations:
             lr = state.lr(args)
             for group in state.optimizer.param_groups:
                 group['lr'] = lr
             figures, images = forward_backward(model, batches, state, args, procs, device)
-            status, grad_norm = update(state, args, figures)
-            if status != 'ok':
-                tqdm.write(f'[iter {state.iter}] skipped the update: {status} (loss {float(figures[0]):.4g}, '
-                           f'grad norm {grad_norm:.4g})'
-                           + (f'; LR scale now {state.lr_scale:g}' if status == 'spike' else ''))
-            bad_in_row = bad_in_row + 1 if status == 'non-finite' else 0
-            if bad_in_row >= args.max_bad_steps:
-                save_checkpoints(state, args, procs, run_dir, device, name='failed.pt')
-                if procs.master:
-                    print(f'error: {bad_in_row} non-finite losses in a row at iteration {state.iter} (lr {lr:.3g}); '
-                          f'stopping. The failing state is in {os.path.join(run_dir, "failed.pt")}; last.pt holds '
-                          f'the last checkpoint. Try a lower --lr, --grad_clip or --amp none.', file=sys.stderr)
-                outcome = 'failed'
-                break
+            grad_norm = update(state, args, figures)
             state.iter += 1
             progress.step(state, images, lr, figures, grad_norm, device)
+            if progress.log_due(state) and int(state.guard.longest_bad_run) >= args.max_bad_steps:  # every rank
+                save_checkpoints(state, args, procs, run_dir, device, name='failed.pt')
+                if procs.master:
+                    print(f'error: {int(state.guard.longest_bad_run)} non-finite losses in a row by iteration '
+                          f'{state.iter} (lr {float(lr):.3g}); stopping. The failing state is in '
+                          f'{os.path.join(run_dir, "failed.pt")}; last.pt holds the last checkpoint. Try a lower '
+                          f'--lr, --grad_clip or --amp none.', file=sys.stderr)
+                outcome = 'failed'
+                break
             validate_now = state.iter % args.eval_interval == 0 or state.iter == args.iterations
             if validate_now or (args.save_interval and state.iter % args.save_interval == 0):
                 metrics = run_validation(run, state, args, device) if procs.master and validate_now else None
@@ -682,8 +734,10 @@ def main(argv=None):
     if procs.master:
         run.wb.finish()
         if outcome == 'done':
-            print(f'done: {state.iter} iterations; {state.bad_steps} non-finite steps and {state.spikes} gradient '
-                  f'spikes skipped, {state.skipped_images} unreadable images skipped; checkpoints in {run_dir}')
+            guard = state.guard.state_dict()
+            print(f'done: {state.iter} iterations; {guard["bad_steps"]} non-finite steps and {guard["spikes"]} '
+                  f'gradient spikes skipped, {int(state.skipped_images)} unreadable images skipped; checkpoints in '
+                  f'{run_dir}')
     if procs.ddp:
         dist.destroy_process_group()
     return {'done': 0, 'failed': EXIT_BAD_STEPS, 'interrupted': 130}[outcome]

@@ -566,8 +566,7 @@ def training_batches(trainset, args, procs, device, epoch):
     sampler = DistributedSampler(trainset, num_replicas=procs.world, rank=procs.rank, shuffle=True,
                                  seed=args.seed, drop_last=len(trainset) >= procs.world)
     loader = DataLoader(trainset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        pin_memory=device.type == 'cuda',
-                        persistent_workers=args.workers > 0, drop_last=True)
+                        pin_memory=device.type == 'cuda', persistent_workers=args.workers > 0, drop_last=True)
     return infinite_batches(loader, sampler, epoch)
 
 
@@ -657,13 +656,32 @@ class Progress:
         self.bar.set_postfix(post)
         self.wb.log(log, step=state.iter)
 
-    def close(self, state):
-        """Close the bar and print this process's throughput."""
+    def close(self, state, outcome, run_dir):
+        """Close the bar, print this process's throughput and (rank 0, when the run is done) its summary."""
         self.bar.close()
         seconds = time.time() - self.t_start
         print(f'rank {self.procs.rank}/{self.procs.world}: {state.iter - self.start_iter} updates on {self.images} '
               f'images in {seconds:.0f} s ({self.images / max(seconds, 1e-9):.1f} images/s, validation and '
               f'checkpoints included)', flush=True)
+        if self.procs.master and outcome == 'done':
+            guard = state.guard.state_dict()
+            print(f'done: {state.iter} iterations; {guard["bad_steps"]} non-finite steps and {guard["spikes"]} '
+                  f'gradient spikes skipped, {int(state.skipped_images)} unreadable images skipped; checkpoints in '
+                  f'{run_dir}')
+
+
+def stop_on_bad_steps(state, args, procs, run_dir, device, lr):
+    """At a log (every rank, so all stop together): once --max_bad_steps non-finite updates in a row have
+    happened, write failed.pt, say so (rank 0) and return True."""
+    in_row = int(state.guard.longest_bad_run)
+    if in_row < args.max_bad_steps:
+        return False
+    save_checkpoints(state, args, procs, run_dir, device, name='failed.pt')
+    if procs.master:
+        print(f'error: {in_row} non-finite losses in a row by iteration {state.iter} (lr {float(lr):.3g}); '
+              f'stopping. The failing state is in {os.path.join(run_dir, "failed.pt")}; last.pt holds the last '
+              f'checkpoint. Try a lower --lr, --grad_clip or --amp none.', file=sys.stderr)
+    return True
 
 
 def describe(args, state, procs, device, trainset, run_dir, resumed):
@@ -690,8 +708,9 @@ def main(argv=None):
     if args.fixseed:
         seed_everything(args.seed + procs.rank)
     state = build_state(args, device, procs, resume_ckpt)
-    model = DDP(state.model, device_ids=[procs.local_rank] if device.type == 'cuda' else None) if procs.ddp \
-        else state.model
+    model = state.model  # what the loop calls; checkpoints and EMA use state.model
+    if procs.ddp:
+        model = DDP(model, device_ids=[procs.local_rank] if device.type == 'cuda' else None)
     batches = training_batches(trainset, args, procs, device, state.epoch)
     run = open_run(args, run_dir, val_paths, state) if procs.master else None
     if procs.master:
@@ -711,13 +730,7 @@ def main(argv=None):
             grad_norm = update(state, args, figures)
             state.iter += 1
             progress.step(state, images, lr, figures, grad_norm, device)
-            if progress.log_due(state) and int(state.guard.longest_bad_run) >= args.max_bad_steps:  # every rank
-                save_checkpoints(state, args, procs, run_dir, device, name='failed.pt')
-                if procs.master:
-                    print(f'error: {int(state.guard.longest_bad_run)} non-finite losses in a row by iteration '
-                          f'{state.iter} (lr {float(lr):.3g}); stopping. The failing state is in '
-                          f'{os.path.join(run_dir, "failed.pt")}; last.pt holds the last checkpoint. Try a lower '
-                          f'--lr, --grad_clip or --amp none.', file=sys.stderr)
+            if progress.log_due(state) and stop_on_bad_steps(state, args, procs, run_dir, device, lr):
                 outcome = 'failed'
                 break
             validate_now = state.iter % args.eval_interval == 0 or state.iter == args.iterations
@@ -730,14 +743,9 @@ def main(argv=None):
             print(f'\ninterrupted at iteration {state.iter}; resume from the last checkpoint with --resume '
                   f'{run_dir}', file=sys.stderr)
         outcome = 'interrupted'
-    progress.close(state)
+    progress.close(state, outcome, run_dir)
     if procs.master:
         run.wb.finish()
-        if outcome == 'done':
-            guard = state.guard.state_dict()
-            print(f'done: {state.iter} iterations; {guard["bad_steps"]} non-finite steps and {guard["spikes"]} '
-                  f'gradient spikes skipped, {int(state.skipped_images)} unreadable images skipped; checkpoints in '
-                  f'{run_dir}')
     if procs.ddp:
         dist.destroy_process_group()
     return {'done': 0, 'failed': EXIT_BAD_STEPS, 'interrupted': 130}[outcome]

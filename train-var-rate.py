@@ -1,6 +1,6 @@
 """Train a variable-rate R(D) bound model (Duan et al., ICIP 2023): one training loop configured by flags.
 
-One process per device. Examples (see the README, "Training")::
+One process per device. Examples (docs/training.md has the rest)::
 
     python train-var-rate.py --model rd_model_base                           # one GPU (or CPU)
     torchrun --nproc_per_node 4 train-var-rate.py --model rd_model_base      # DDP on 4 GPUs
@@ -29,6 +29,7 @@ import time
 import warnings
 from collections import deque
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -143,6 +144,11 @@ def lr_factor(it, iterations, sched='const-0.5-cos', warmup=0, lrf_min=0.01):
     return factor
 
 
+def scheduled_lr(args, it):
+    """The LR of iteration ``it`` before gradient spikes cut it (--lr times :func:`lr_factor`)."""
+    return args.lr * lr_factor(it, args.iterations, args.lr_sched, args.lr_warmup, args.lrf_min)
+
+
 def check_args(args):
     positive = ('batch_size', 'accum_num', 'iterations', 'eval_interval', 'log_interval', 'val_steps',
                 'max_bad_steps')
@@ -231,13 +237,13 @@ def validate(model, val_paths, args, anchor, device):
 
 
 def classify_update(loss, grad_norm, recent_norms):
-    """'non-finite' (loss or gradient norm is inf / NaN), 'spike' (gradient norm above SPIKE_FACTOR times
-    the median of ``recent_norms``, once SPIKE_MIN_HISTORY are known) or 'ok'."""
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        return 'non-finite'
-    if len(recent_norms) >= SPIKE_MIN_HISTORY and grad_norm > SPIKE_FACTOR * statistics.median(recent_norms):
-        return 'spike'
-    return 'ok'
+    """The skip rules, as bool tensors ``(non_finite, spike)`` on the device: the loss or the gradient norm
+    (0-d tensors) is inf / NaN; or the norm exceeds SPIKE_FACTOR times the median of ``recent_norms``
+    ((SPIKE_WINDOW,), NaN where none is known yet) once SPIKE_MIN_HISTORY are known."""
+    non_finite = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+    known = (~recent_norms.isnan()).sum()
+    spike = (known >= SPIKE_MIN_HISTORY) & (grad_norm > SPIKE_FACTOR * torch.nanquantile(recent_norms, 0.5))
+    return non_finite, spike & ~non_finite
 
 
 class NoLogging:
@@ -269,44 +275,84 @@ def better(key, best):
     return best is None or tuple(key) < tuple(best)
 
 
-# ------------------------------------------------------------------------------------------------ main
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    parser = get_parser()
-    args = parser.parse_args(argv)
+# ------------------------------------------------------------------------------------------------ setup
+@dataclass(frozen=True)
+class Processes:
+    """Where this process sits among the training processes (torchrun sets RANK / LOCAL_RANK / WORLD_SIZE)."""
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
 
-    # ---- distributed setup: one process per device; torchrun sets RANK / LOCAL_RANK / WORLD_SIZE
-    ddp = 'RANK' in os.environ and int(os.environ.get('WORLD_SIZE', '1')) > 1
-    rank, local_rank, world = (int(os.environ['RANK']), int(os.environ['LOCAL_RANK']),
-                               int(os.environ['WORLD_SIZE'])) if ddp else (0, 0, 1)
-    master = rank == 0
+    @classmethod
+    def from_env(cls):
+        if 'RANK' in os.environ and int(os.environ.get('WORLD_SIZE', '1')) > 1:
+            return cls(int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE']))
+        return cls()
+
+    @property
+    def ddp(self):
+        return self.world > 1
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def barrier(self):
+        if self.ddp:
+            dist.barrier()
+
+
+def resolve_args(parser, argv, procs):
+    """Flags (a resumed run's saved flags, overridden by those given now), checked. Returns ``(args, run_dir,
+    resume_ckpt)``; ``resume_ckpt`` is None for a new run. Raises UsageError / ValueError / FileNotFoundError."""
+    args, resume_ckpt = parser.parse_args(argv), None
+    if args.resume:
+        run_dir = find_run(args.resume, args.runs_root, args.wbproject)
+        resume_ckpt = load_file(os.path.join(run_dir, 'last.pt'))
+        saved = {**resume_ckpt['args'], **explicit_flags(parser, argv)}
+        args = argparse.Namespace(**{**vars(parser.parse_args([])), **saved})
+        args.resume = run_dir
+    check_args(args)
+    if not args.resume:  # every rank names the run before any creates a folder (after the rendezvous)
+        project_dir = os.path.join(args.runs_root, args.wbproject)
+        args.name = args.name or next_run_name(project_dir, args.model)
+        run_dir = os.path.join(project_dir, args.name)
+        if os.path.exists(os.path.join(run_dir, 'last.pt')):
+            raise UsageError(f'{run_dir} already holds a run; continue it with --resume {run_dir} or choose '
+                             f'another --name')
+    if procs.master:
+        check_wandb_login(args)
+    return args, run_dir, resume_ckpt
+
+
+def check_wandb_login(args):
+    """``--wbmode online`` needs wandb credentials: refuse (UsageError) before any work when none are found.
+    Looks where wandb does (WANDB_API_KEY, an identity token file, wandb's settings, ~/.netrc) without network."""
+    if args.wbmode != 'online':
+        return
+    import wandb
     try:
-        if args.resume:
-            run_dir = find_run(args.resume, args.runs_root, args.wbproject)
-            resume_ckpt = load_file(os.path.join(run_dir, 'last.pt'))
-            saved = dict(resume_ckpt['args'])
-            saved.update(explicit_flags(parser, argv))
-            args = argparse.Namespace(**{**vars(parser.parse_args([])), **saved})
-            args.resume = run_dir
-        check_args(args)
-        if not args.resume:  # every rank names the run before any creates a folder (after the rendezvous)
-            project_dir = os.path.join(args.runs_root, args.wbproject)
-            args.name = args.name or next_run_name(project_dir, args.model)
-            run_dir = os.path.join(project_dir, args.name)
-            if os.path.exists(os.path.join(run_dir, 'last.pt')):
-                raise UsageError(f'{run_dir} already holds a run; continue it with --resume {run_dir} or choose '
-                                 f'another --name')
-        trainset = ImageFolderCrops(args.trainset, **args.transform_kw)
-        if max(1, len(trainset) // world) < args.batch_size:
-            raise UsageError(f'{len(trainset)} training images cannot fill one batch of {args.batch_size} per '
-                             f'process on {world} process(es)')
-        val_paths = resolve_images(args.valset)
-    except (UsageError, ValueError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+        found = wandb.login(verify=False, prompt=False)
+    except wandb.Error as e:
+        raise UsageError(f'--wbmode online: wandb credentials are unusable ({e})') from e
+    if not found:
+        raise UsageError('--wbmode online needs a wandb login: run `wandb login` once, or set WANDB_API_KEY, '
+                         'or use --wbmode offline (upload later with `wandb sync`)')
 
+
+def load_datasets(args, world):
+    """The training set (checked to fill one batch per process) and the validation image paths."""
+    trainset = ImageFolderCrops(args.trainset, **args.transform_kw)
+    if max(1, len(trainset) // world) < args.batch_size:
+        raise UsageError(f'{len(trainset)} training images cannot fill one batch of {args.batch_size} per '
+                         f'process on {world} process(es)')
+    return trainset, resolve_images(args.valset)
+
+
+def init_device(args, procs):
+    """This process's device (cuda:<local rank> under torchrun), its backend flags, and the process group."""
     want = args.device if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(f'cuda:{local_rank}' if want.startswith('cuda') and ':' not in want else want)
+    device = torch.device(f'cuda:{procs.local_rank}' if want.startswith('cuda') and ':' not in want else want)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -314,228 +360,395 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True  # fixed crop size: autotune the convolutions once
     else:
         reuse_freed_memory()  # no page faults for every activation (lvae.memory)
-    if ddp:
+    if procs.ddp:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=timedelta(minutes=60))
-    if args.fixseed:
-        seed_everything(args.seed + rank)
+    return device
 
-    # ---- model, optimizer, EMA (EMA on rank 0 only: it alone validates and saves)
-    start_iter, epoch, lr_scale, best_key, wandb_id = 0, 0, 1.0, None, None
-    grad_norms = deque(maxlen=SPIKE_WINDOW)  # recent accepted gradient norms, for spike detection
-    bad_total = spikes_total = skipped_images = 0
-    if args.resume:
+
+def prepare_model(model, device, args):
+    """Move the model to ``device`` in its preferred memory format and compile its blocks with --compile (in
+    place: checkpoints and EMA keep plain state-dict keys). Returns the model."""
+    model.to(device, memory_format=preferred_memory_format(device)).train()
+    if args.compile:
+        model.compile_blocks()
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ state
+class UpdateGuard:
+    """Which updates are skipped (:func:`classify_update`) and what follows: counters, the recent accepted
+    gradient norms and the LR scale, all device tensors, so that deciding never waits for the device; the host
+    reads them at logs and checkpoints."""
+
+    def __init__(self, device):
+        self.recent_norms = torch.full((SPIKE_WINDOW,), math.nan, device=device)  # accepted ones, oldest first
+        self.lr_scale = torch.ones((), device=device)  # times SPIKE_LR_CUT at every spike
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_steps, self.spikes = zero.clone(), zero.clone()        # skipped updates, in all
+        self.bad_in_row, self.longest_bad_run = zero.clone(), zero.clone()  # non-finite ones in a row
+
+    def __call__(self, loss, grad_norm):
+        """Judge one update (0-d tensors) and record it; returns whether to apply it, a bool tensor."""
+        non_finite, spike = classify_update(loss, grad_norm, self.recent_norms)
+        accept = ~(non_finite | spike)
+        shifted = torch.cat([self.recent_norms[1:], grad_norm.float()[None]])
+        self.recent_norms = torch.where(accept, shifted, self.recent_norms)
+        self.lr_scale = torch.where(spike, self.lr_scale * SPIKE_LR_CUT, self.lr_scale)
+        self.bad_steps += non_finite
+        self.spikes += spike
+        self.bad_in_row = torch.where(non_finite, self.bad_in_row + 1, 0)
+        self.longest_bad_run = torch.maximum(self.longest_bad_run, self.bad_in_row)
+        return accept
+
+    def state_dict(self):
+        """Plain numbers (a host-device synchronisation): the LR scale, the recent norms (oldest first), counters."""
+        return {'lr_scale': float(self.lr_scale),
+                'grad_norms': [n for n in self.recent_norms.tolist() if not math.isnan(n)],
+                'bad_steps': int(self.bad_steps), 'spikes': int(self.spikes)}
+
+    def load_state_dict(self, saved):
+        self.lr_scale.fill_(saved['lr_scale'])
+        norms = saved['grad_norms'][-SPIKE_WINDOW:]
+        self.recent_norms[SPIKE_WINDOW - len(norms):] = torch.tensor(norms, dtype=self.recent_norms.dtype)
+        self.bad_steps.fill_(saved['bad_steps'])
+        self.spikes.fill_(saved['spikes'])
+
+
+@dataclass
+class TrainState:
+    """Everything a run checkpoints besides its flags and RNG states: the plain (never DDP-wrapped) model, the
+    optimizer, the update guard, the EMA (rank 0 only, else None), where the run is and what it has skipped."""
+    model: VariableRateLossyVAE
+    optimizer: torch.optim.Optimizer
+    guard: UpdateGuard
+    ema: object = None                       # timm ModelEmaV3, or None
+    iter: int = 0                            # optimizer updates done (skipped ones included)
+    epoch: int = 0                           # pass over the training data of the latest batch
+    best_key: tuple = None                   # ranking of the best validation so far (see `better`)
+    wandb_id: str = None
+    # unreadable training images replaced, in all: a CPU tensor (the loader's counts), read at logs
+    skipped_images: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
+
+    def lr(self, args):
+        """The learning rate of the current update, a device tensor (spikes cut it on the device)."""
+        return self.guard.lr_scale * scheduled_lr(args, self.iter)
+
+    def header(self, args):
+        """What every checkpoint file of the run records."""
+        return {'model_name': args.model, 'config': self.model.config.to_dict(), 'iter': self.iter,
+                'wandb_id': self.wandb_id, 'args': dict(vars(args))}
+
+    def to_checkpoint(self, args, rng, metrics=None):
+        """last.pt: the state and ``rng`` (the RNG states of every rank), loadable with weights_only=True."""
+        guard = self.guard.state_dict()
+        optimizer = self.optimizer.state_dict()
+        optimizer['param_groups'] = [{**g, 'lr': float(g['lr'])} for g in optimizer['param_groups']]
+        return {**self.header(args), 'epoch': self.epoch, 'metrics': metrics, 'model': self.model.state_dict(),
+                'optimizer': optimizer, 'ema': self.ema.module.state_dict() if self.ema else None,
+                'ema_step': self.iter if self.ema else None,
+                'scheduler': {'sched': args.lr_sched, 'iterations': args.iterations, 'lr': args.lr,
+                              'warmup': args.lr_warmup, 'lrf_min': args.lrf_min},
+                'lr_scale': guard['lr_scale'], 'grad_norms': guard['grad_norms'], 'best_key': self.best_key,
+                'rng': rng, 'counters': {'bad_steps': guard['bad_steps'], 'spikes': guard['spikes'],
+                                         'skipped_images': int(self.skipped_images)}}
+
+    def load_checkpoint(self, ckpt):
+        """Continue from a last.pt (:meth:`to_checkpoint`); the model's weights are loaded by :func:`build_state`."""
+        self.optimizer.load_state_dict(ckpt['optimizer'])
+        for group in self.optimizer.param_groups:  # fused: its step skips updates on the device (`update`)
+            group.update(fused=True, foreach=None)
+        if self.ema is not None and ckpt.get('ema') is not None:
+            self.ema.module.load_state_dict(ckpt['ema'])
+        self.iter, self.epoch = ckpt['iter'], ckpt['epoch'] + 1
+        self.best_key, self.wandb_id = ckpt['best_key'], ckpt['wandb_id']
+        self.guard.load_state_dict({**ckpt['counters'], 'lr_scale': ckpt['lr_scale'],
+                                    'grad_norms': ckpt.get('grad_norms', [])})
+        self.skipped_images.fill_(ckpt['counters']['skipped_images'])
+
+
+def build_state(args, device, procs, resume_ckpt):
+    """Model (the zoo's, or the resumed run's), Adam, EMA on rank 0 (it alone validates and saves), and the
+    resumed run's state and RNG states."""
+    if resume_ckpt:
         model = VariableRateLossyVAE.from_config(resume_ckpt['config'])
         load_weights(model, resume_ckpt)
-        start_iter, epoch, lr_scale = resume_ckpt['iter'], resume_ckpt['epoch'] + 1, resume_ckpt['lr_scale']
-        best_key, wandb_id = resume_ckpt['best_key'], resume_ckpt['wandb_id']
-        grad_norms.extend(resume_ckpt.get('grad_norms', []))
-        bad_total, spikes_total, skipped_images = (resume_ckpt['counters'][k] for k in
-                                                   ('bad_steps', 'spikes', 'skipped_images'))
     else:
         model = lvae.get_model(args.model, pretrained=args.weights or False, **args.model_kw)
-    model.to(device, memory_format=preferred_memory_format(device)).train()
-    raw = model
-    optimizer = torch.optim.Adam(raw.parameters(), lr=args.lr, fused=device.type == 'cuda')
     ema = None
-    if args.ema and master:
+    if args.ema and procs.master:  # copied before prepare_model: the EMA is never compiled
         from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(raw, decay=args.ema_decay, use_warmup=True)
-    if args.resume:
-        optimizer.load_state_dict(resume_ckpt['optimizer'])
-        if ema is not None and resume_ckpt.get('ema') is not None:
-            ema.module.load_state_dict(resume_ckpt['ema'])
+        ema = ModelEmaV3(model, decay=args.ema_decay, use_warmup=True)
+        ema.module.to(device)
+    prepare_model(model, device, args)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+    state = TrainState(model, optimizer, UpdateGuard(device), ema)
+    if resume_ckpt:
+        state.load_checkpoint(resume_ckpt)
         rng = resume_ckpt['rng']
-        if len(rng) == world:
-            set_rng_state(rng[rank], device)
-        else:
-            seed_everything(args.seed + rank + 1_000_003 * start_iter)
-    if args.compile:
-        raw.compile_blocks()  # in place: checkpoints and EMA keep plain state-dict keys
-    if ddp:
-        model = DDP(model, device_ids=[local_rank] if device.type == 'cuda' else None)
+        if len(rng) == procs.world:
+            set_rng_state(rng[procs.rank], device)
+        else:  # another number of processes: fresh seeds, different from the run's start
+            seed_everything(args.seed + procs.rank + 1_000_003 * state.iter)
+    return state
 
-    # ---- data
-    sampler = DistributedSampler(trainset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
-                                 drop_last=len(trainset) >= world)
+
+# ------------------------------------------------------------------------------------------------ rank 0's run
+@dataclass
+class RunFolder:
+    """What rank 0 writes to: the run folder, the validation images and anchor, the wandb run."""
+    path: str
+    val_paths: list
+    anchor: tuple      # (label, bpp, psnr) of the validation set's anchor curve, or None
+    wb: object         # wandb run, or NoLogging
+
+
+def open_run(args, run_dir, val_paths, state):
+    """Rank 0: create the run folder (removing temporary files of a save killed midway), check the validation
+    images, find the anchor, start wandb, write args.json."""
+    os.makedirs(run_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(run_dir, '.*.pt.*.tmp')):
+        os.remove(stale)
+    val_paths, bad = check_images(val_paths)
+    for e in bad:
+        warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
+    anchor = resolve_anchor(DEFAULT_ANCHOR, dataset_name(args.valset), missing_ok=True)
+    state.wandb_id = state.wandb_id or secrets.token_hex(4)  # fixed before init: a resumed run keeps it
+    with open(os.path.join(run_dir, 'args.json'), 'w') as f:
+        json.dump(vars(args), f, indent=1)
+    return RunFolder(run_dir, val_paths[:args.val_images or None], anchor, wandb_run(args, run_dir, state.wandb_id))
+
+
+def run_validation(run, state, args, device):
+    """Rank 0 validates (the EMA weights when kept), updates best.pt and the R-D plot; returns the metrics."""
+    net = state.ema.module if state.ema else state.model
+    t0 = time.time()
+    metrics, res = validate(net, run.val_paths, args, run.anchor, device)
+    state.model.train()
+    bd = metrics.get('val/bd_rate', float('nan'))
+    key = (0, bd) if math.isfinite(bd) else (1, metrics['val/loss'])
+    if better(key, state.best_key):
+        state.best_key = key
+        save_checkpoint({**state.header(args), 'model': net.state_dict(), 'metrics': metrics,
+                         'ema_weights': bool(state.ema)}, os.path.join(run.path, 'best.pt'))
+    png = plot_rd(os.path.join(run.path, 'val_rd.png'), [(args.name, res['bpp'], res['psnr'])], run.anchor,
+                  title=f'{args.name}: {args.valset} at iteration {state.iter}')
+    log = {**metrics, 'val/seconds': time.time() - t0}
+    if args.wbmode != 'disabled':
+        import wandb
+        log['val/rd_curve'] = wandb.Image(png)
+    run.wb.log(log, step=state.iter)
+    tqdm.write(f'[iter {state.iter}] val loss {metrics["val/loss"]:.4f}  bpp {metrics["val/bpp"]:.4f}  '
+               f'psnr {metrics["val/psnr"]:.3f}  bd-rate {f"{bd:+.2f}%" if math.isfinite(bd) else "n/a"}  '
+               f'({time.time() - t0:.0f}s)')
+    return metrics
+
+
+def save_checkpoints(state, args, procs, run_dir, device, metrics=None, name='last.pt'):
+    """Write last_ema.pt and ``name`` (last.pt, or failed.pt without last_ema.pt). Every rank calls it: the
+    RNG states of all ranks are gathered."""
+    rng = [None] * procs.world
+    if procs.ddp:
+        dist.all_gather_object(rng, rng_state(device))
+    else:
+        rng = [rng_state(device)]
+    if not procs.master:
+        return
+    if state.ema and name == 'last.pt':
+        save_checkpoint({**state.header(args), 'epoch': state.epoch, 'metrics': metrics,
+                         'model': state.ema.module.state_dict(), 'ema_step': state.iter},
+                        os.path.join(run_dir, 'last_ema.pt'))
+    save_checkpoint(state.to_checkpoint(args, rng, metrics), os.path.join(run_dir, name))
+
+
+# ------------------------------------------------------------------------------------------------ training
+def training_batches(trainset, args, procs, device, epoch):
+    """This rank's share of the training set: ``(epoch, (images, skipped))`` forever, from pass ``epoch``."""
+    sampler = DistributedSampler(trainset, num_replicas=procs.world, rank=procs.rank, shuffle=True,
+                                 seed=args.seed, drop_last=len(trainset) >= procs.world)
     loader = DataLoader(trainset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         pin_memory=device.type == 'cuda', persistent_workers=args.workers > 0, drop_last=True)
-    batches = infinite_batches(loader, sampler, epoch)
+    return infinite_batches(loader, sampler, epoch)
 
-    def current_lr(it):
-        return args.lr * lr_scale * lr_factor(it, args.iterations, args.lr_sched, args.lr_warmup, args.lrf_min)
 
-    # ---- rank 0: run folder, validation set, wandb
-    wb = None
-    if master:
-        os.makedirs(run_dir, exist_ok=True)
-        for stale in glob.glob(os.path.join(run_dir, '.*.pt.*.tmp')):  # left by a kill during a save
-            os.remove(stale)
-        val_paths, bad = check_images(val_paths)
-        for e in bad:
-            warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
-        val_paths = val_paths[:args.val_images or None]
-        anchor = resolve_anchor(DEFAULT_ANCHOR, dataset_name(args.valset), missing_ok=True)  # (label, bpp, psnr)
-        wandb_id = wandb_id or secrets.token_hex(4)  # fixed before init: a resumed run keeps it
-        wb = wandb_run(args, run_dir, wandb_id)
-        n_params = sum(p.numel() for p in raw.parameters())
-        print(f'{args.model}: {n_params / 1e6:.2f}M parameters on {device} x {world} process(es); '
-              f'{trainset}; {args.batch_size * args.accum_num * world} images per update; run folder {run_dir}'
-              + (f'; resuming at iteration {start_iter} (lr {current_lr(start_iter):.6g}, EMA step '
-                 f'{resume_ckpt["ema_step"]})' if args.resume else ''))
-        with open(os.path.join(run_dir, 'args.json'), 'w') as f:
-            json.dump(vars(args), f, indent=1)
-
-    def checkpoint(it, metrics=None, failed=False):
-        """Write last_ema.pt and last.pt (or failed.pt); every rank calls it (RNG states are gathered)."""
-        rng = [None] * world
-        if ddp:
-            dist.all_gather_object(rng, rng_state(device))
-        else:
-            rng = [rng_state(device)]
-        if not master:
-            return
-        common = {'model_name': args.model, 'config': raw.config.to_dict(), 'iter': it, 'epoch': cur_epoch,
-                  'wandb_id': wandb_id, 'args': dict(vars(args)), 'metrics': metrics}
-        state = {**common, 'model': raw.state_dict(), 'optimizer': optimizer.state_dict(),
-                 'ema': ema.module.state_dict() if ema else None, 'ema_step': it if ema else None,
-                 'scheduler': {'sched': args.lr_sched, 'iterations': args.iterations, 'lr': args.lr,
-                               'warmup': args.lr_warmup, 'lrf_min': args.lrf_min},
-                 'lr_scale': lr_scale, 'grad_norms': list(grad_norms), 'best_key': best_key, 'rng': rng,
-                 'counters': {'bad_steps': bad_total, 'spikes': spikes_total, 'skipped_images': skipped_images}}
-        if failed:
-            save_checkpoint(state, os.path.join(run_dir, 'failed.pt'))
-            return
-        if ema:
-            save_checkpoint({**common, 'model': ema.module.state_dict(), 'ema_step': it},
-                            os.path.join(run_dir, 'last_ema.pt'))
-        save_checkpoint(state, os.path.join(run_dir, 'last.pt'))
-
-    def run_validation(it):
-        """Rank 0 validates (the EMA weights when kept) and updates best.pt; returns the metrics."""
-        nonlocal best_key
-        net = ema.module if ema else raw
-        t0 = time.time()
-        metrics, res = validate(net, val_paths, args, anchor, device)
-        raw.train()
-        bd = metrics.get('val/bd_rate', float('nan'))
-        key = (0, bd) if math.isfinite(bd) else (1, metrics['val/loss'])
-        if better(key, best_key):
-            best_key = key
-            save_checkpoint({'model': net.state_dict(), 'model_name': args.model, 'config': raw.config.to_dict(),
-                             'iter': it, 'wandb_id': wandb_id, 'args': dict(vars(args)), 'metrics': metrics,
-                             'ema_weights': bool(ema)}, os.path.join(run_dir, 'best.pt'))
-        png = plot_rd(os.path.join(run_dir, 'val_rd.png'), [(args.name, res['bpp'], res['psnr'])], anchor,
-                      title=f'{args.name}: {args.valset} at iteration {it}')
-        log = {**metrics, 'val/seconds': time.time() - t0}
-        if args.wbmode != 'disabled':
-            import wandb
-            log['val/rd_curve'] = wandb.Image(png)
-        wb.log(log, step=it)
-        tqdm.write(f'[iter {it}] val loss {metrics["val/loss"]:.4f}  bpp {metrics["val/bpp"]:.4f}  '
-                   f'psnr {metrics["val/psnr"]:.3f}  bd-rate {f"{bd:+.2f}%" if math.isfinite(bd) else "n/a"}  '
-                   f'({time.time() - t0:.0f}s)')
-        return metrics
-
-    # ---- the training loop
-    it, cur_epoch = start_iter, epoch
-    bad_in_row = images_seen = 0
+def forward_backward(model, batches, state, args, procs, device):
+    """The gradients of one update: --accum_num micro-batches (DDP all-reduces them at the last one). Returns
+    (3,) ``[loss, bpp, psnr]`` on the device, averaged over micro-batches and ranks, and the number of images
+    used here."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == 'bf16' else nullcontext()
-    bar = tqdm(total=args.iterations, initial=start_iter, disable=not master, dynamic_ncols=True,
-               desc=args.name if master else None)
-    if master and start_iter == 0:
-        run_validation(0)
-    if ddp:
-        dist.barrier()
-    stopped = False
-    signal.signal(signal.SIGTERM, raise_interrupt)  # torchrun stops workers with SIGTERM
-    t_log = t_start = time.time()
+    figures, images = torch.zeros(3, device=device), 0
+    for micro in range(args.accum_num):
+        state.epoch, (im, skipped) = next(batches)
+        state.skipped_images += skipped.sum()
+        images += len(im)
+        im = im.to(device, non_blocking=True)
+        sync = nullcontext() if not procs.ddp or micro == args.accum_num - 1 else model.no_sync()
+        with sync:
+            with autocast:
+                out = model(im)
+            (out['loss'] / args.accum_num).backward()
+        # bppix and psnr may be Python numbers (the model reads them to the host) or tensors
+        figures += torch.stack([torch.as_tensor(out[k], dtype=torch.float32, device=device).detach()
+                                for k in ('loss', 'bppix', 'psnr')])
+    figures /= args.accum_num
+    if procs.ddp:
+        dist.all_reduce(figures)  # a non-finite loss on any rank reaches every rank
+        figures /= procs.world
+    return figures, images
+
+
+def update(state, args, figures):
+    """Clip the gradients; take the optimizer step and EMA update unless :class:`UpdateGuard` rejects the update
+    (non-finite, or a gradient spike, which also cuts the LR). Decided and applied on the device: the fused
+    Adam skips its step where ``found_inf`` is 1, the EMA moves by a weight of 0. Returns the gradient norm
+    before clipping (a device tensor, identical on all ranks: the gradients are all-reduced)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), args.grad_clip or float('inf'))
+    accept = state.guard(figures[0], grad_norm)
+    state.optimizer.found_inf = (~accept).float()  # the interface torch.amp.GradScaler drives fused Adam by
+    state.optimizer.step()
+    if state.ema is not None:
+        decay = torch.full((), state.ema.get_decay(state.iter + 1), dtype=torch.float64, device=accept.device)
+        state.ema.apply_update_(state.model, decay=torch.where(accept, decay, 1.0))
+    state.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+class Progress:
+    """The progress bar (rank 0), training logs every --log_interval updates, and the throughput summary. The
+    figures stay on the device between logs."""
+
+    def __init__(self, args, state, procs, wb):
+        self.args, self.procs, self.wb = args, procs, wb
+        self.bar = tqdm(total=args.iterations, initial=state.iter, disable=not procs.master, dynamic_ncols=True,
+                        desc=args.name if procs.master else None)
+        guard = state.guard.state_dict()
+        self.start_iter, self.images, self.skipped = state.iter, 0, (guard['bad_steps'], guard['spikes'])
+        self.t_start = self.t_log = time.time()
+
+    def log_due(self, state):
+        return state.iter % self.args.log_interval == 0 or state.iter == self.args.iterations
+
+    def step(self, state, images, lr, figures, grad_norm, device):
+        """Count an update; when a log is due (rank 0), read its figures (a host-device synchronisation), log them
+        to wandb and the bar, and report updates skipped since the last log."""
+        self.bar.update(1)
+        self.images += images
+        if not self.procs.master or not self.log_due(state):
+            return
+        loss, bpp, psnr = figures.tolist()
+        guard = state.guard.state_dict()
+        log = {'train/loss': loss, 'train/bpp': bpp, 'train/psnr': psnr, 'train/lr': float(lr),
+               'train/grad_norm': float(grad_norm), 'train/epoch': state.epoch,
+               'train/sec_per_iter': (time.time() - self.t_log) / self.args.log_interval,
+               'train/skipped_images': int(state.skipped_images), 'train/bad_steps': guard['bad_steps'],
+               'train/grad_spikes': guard['spikes']}
+        self.t_log = time.time()
+        skipped = (guard['bad_steps'], guard['spikes'])
+        if skipped != self.skipped:
+            tqdm.write(f'[iter {state.iter}] updates skipped since the last log: {skipped[0] - self.skipped[0]} '
+                       f'non-finite, {skipped[1] - self.skipped[1]} gradient spikes (LR scale now '
+                       f'{guard["lr_scale"]:g}; last loss {loss:.4g}, grad norm {log["train/grad_norm"]:.4g})')
+        self.skipped = skipped
+        post = {'loss': f'{loss:.4f}', 'bpp': f'{bpp:.3f}', 'psnr': f'{psnr:.2f}', 'lr': f'{log["train/lr"]:.2e}',
+                'gnorm': f'{log["train/grad_norm"]:.3g}'}
+        if device.type == 'cuda':
+            log['train/peak_mem_gb'] = torch.cuda.max_memory_allocated(device) / 2**30
+            post['mem'] = f'{log["train/peak_mem_gb"]:.1f}G'
+        self.bar.set_postfix(post)
+        self.wb.log(log, step=state.iter)
+
+    def close(self, state, outcome, run_dir):
+        """Close the bar, print this process's throughput and (rank 0, when the run is done) its summary."""
+        self.bar.close()
+        seconds = time.time() - self.t_start
+        print(f'rank {self.procs.rank}/{self.procs.world}: {state.iter - self.start_iter} updates on {self.images} '
+              f'images in {seconds:.0f} s ({self.images / max(seconds, 1e-9):.1f} images/s, validation and '
+              f'checkpoints included)', flush=True)
+        if self.procs.master and outcome == 'done':
+            guard = state.guard.state_dict()
+            print(f'done: {state.iter} iterations; {guard["bad_steps"]} non-finite steps and {guard["spikes"]} '
+                  f'gradient spikes skipped, {int(state.skipped_images)} unreadable images skipped; checkpoints in '
+                  f'{run_dir}')
+
+
+def stop_on_bad_steps(state, args, procs, run_dir, device, lr):
+    """At a log (every rank, so all stop together): once --max_bad_steps non-finite updates in a row have
+    happened, write failed.pt, say so (rank 0) and return True."""
+    in_row = int(state.guard.longest_bad_run)
+    if in_row < args.max_bad_steps:
+        return False
+    save_checkpoints(state, args, procs, run_dir, device, name='failed.pt')
+    if procs.master:
+        print(f'error: {in_row} non-finite losses in a row by iteration {state.iter} (lr {float(lr):.3g}); '
+              f'stopping. The failing state is in {os.path.join(run_dir, "failed.pt")}; last.pt holds the last '
+              f'checkpoint. Try a lower --lr, --grad_clip or --amp none.', file=sys.stderr)
+    return True
+
+
+def describe(args, state, procs, device, trainset, run_dir, resumed):
+    """The run's opening line: model size, processes, data, images per update, folder, where a resume starts."""
+    n_params = sum(p.numel() for p in state.model.parameters())
+    lr = float(state.guard.lr_scale) * scheduled_lr(args, state.iter)
+    return (f'{args.model}: {n_params / 1e6:.2f}M parameters on {device} x {procs.world} process(es); {trainset}; '
+            f'{args.batch_size * args.accum_num * procs.world} images per update; run folder {run_dir}'
+            + (f'; resuming at iteration {state.iter} (lr {lr:.6g}, EMA step '
+               f'{state.iter if state.ema else None})' if resumed else ''))
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    procs = Processes.from_env()
     try:
-        while it < args.iterations:
-            lr = current_lr(it)
-            for group in optimizer.param_groups:
+        args, run_dir, resume_ckpt = resolve_args(get_parser(), argv, procs)
+        trainset, val_paths = load_datasets(args, procs.world)
+    except (UsageError, ValueError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    device = init_device(args, procs)
+    if args.fixseed:
+        seed_everything(args.seed + procs.rank)
+    state = build_state(args, device, procs, resume_ckpt)
+    model = state.model  # what the loop calls; checkpoints and EMA use state.model
+    if procs.ddp:
+        model = DDP(model, device_ids=[procs.local_rank] if device.type == 'cuda' else None)
+    batches = training_batches(trainset, args, procs, device, state.epoch)
+    run = open_run(args, run_dir, val_paths, state) if procs.master else None
+    if procs.master:
+        print(describe(args, state, procs, device, trainset, run_dir, resumed=resume_ckpt is not None))
+    progress = Progress(args, state, procs, run.wb if run else None)
+    if procs.master and state.iter == 0:
+        run_validation(run, state, args, device)
+    procs.barrier()
+    signal.signal(signal.SIGTERM, raise_interrupt)  # torchrun stops workers with SIGTERM
+    outcome = 'done'
+    try:
+        while state.iter < args.iterations:
+            lr = state.lr(args)
+            for group in state.optimizer.param_groups:
                 group['lr'] = lr
-            figures = torch.zeros(3, device=device)  # loss, bpp, psnr summed over micro-steps
-            for micro in range(args.accum_num):
-                cur_epoch, (im, skipped) = next(batches)
-                skipped_images += int(skipped.sum())
-                images_seen += len(im)
-                im = im.to(device, non_blocking=True)
-                sync = nullcontext() if not ddp or micro == args.accum_num - 1 else model.no_sync()
-                with sync:
-                    with autocast:
-                        out = model(im)
-                    (out['loss'] / args.accum_num).backward()
-                figures += torch.tensor([out['loss'].item(), out['bppix'], out['psnr']], device=device)
-            figures /= args.accum_num
-            if ddp:
-                dist.all_reduce(figures)  # a non-finite loss on any rank reaches every rank
-                figures /= world
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), args.grad_clip or float('inf'))
-            grad_norm = float(grad_norm)  # identical on all ranks: gradients are all-reduced
-            loss, bpp, psnr = figures.tolist()
-            status = classify_update(loss, grad_norm, grad_norms)
-            bad_in_row = bad_in_row + 1 if status == 'non-finite' else 0
-            if status == 'non-finite':
-                bad_total += 1
-            elif status == 'spike':
-                spikes_total, lr_scale = spikes_total + 1, lr_scale * SPIKE_LR_CUT
-            else:
-                grad_norms.append(grad_norm)
-                optimizer.step()
-                if ema is not None:
-                    ema.update(raw, step=it + 1)
-            optimizer.zero_grad(set_to_none=True)
-            if status != 'ok':
-                tqdm.write(f'[iter {it}] skipped the update: {status} (loss {loss:.4g}, grad norm {grad_norm:.4g})'
-                           + (f'; LR scale now {lr_scale:g}' if status == 'spike' else ''))
-            if bad_in_row >= args.max_bad_steps:
-                checkpoint(it, failed=True)
-                if master:
-                    print(f'error: {bad_in_row} non-finite losses in a row at iteration {it} (lr {lr:.3g}); '
-                          f'stopping. The failing state is in {os.path.join(run_dir, "failed.pt")}; last.pt '
-                          f'holds the last checkpoint. Try a lower --lr, --grad_clip or --amp none.',
-                          file=sys.stderr)
-                stopped = True
+            figures, images = forward_backward(model, batches, state, args, procs, device)
+            grad_norm = update(state, args, figures)
+            state.iter += 1
+            progress.step(state, images, lr, figures, grad_norm, device)
+            if progress.log_due(state) and stop_on_bad_steps(state, args, procs, run_dir, device, lr):
+                outcome = 'failed'
                 break
-            it += 1
-            bar.update(1)
-            if master and (it % args.log_interval == 0 or it == args.iterations):
-                log = {'train/loss': loss, 'train/bpp': bpp, 'train/psnr': psnr, 'train/lr': lr,
-                       'train/grad_norm': grad_norm, 'train/epoch': cur_epoch,
-                       'train/sec_per_iter': (time.time() - t_log) / args.log_interval,
-                       'train/skipped_images': skipped_images, 'train/bad_steps': bad_total,
-                       'train/grad_spikes': spikes_total}
-                t_log = time.time()
-                post = {'loss': f'{loss:.4f}', 'bpp': f'{bpp:.3f}', 'psnr': f'{psnr:.2f}', 'lr': f'{lr:.2e}',
-                        'gnorm': f'{grad_norm:.3g}'}
-                if device.type == 'cuda':
-                    log['train/peak_mem_gb'] = torch.cuda.max_memory_allocated(device) / 2**30
-                    post['mem'] = f'{log["train/peak_mem_gb"]:.1f}G'
-                bar.set_postfix(post)
-                wb.log(log, step=it)
-            validate_now = it % args.eval_interval == 0 or it == args.iterations
-            if validate_now or (args.save_interval and it % args.save_interval == 0):
-                metrics = run_validation(it) if master and validate_now else None
-                checkpoint(it, metrics)
-                if ddp:
-                    dist.barrier()
+            validate_now = state.iter % args.eval_interval == 0 or state.iter == args.iterations
+            if validate_now or (args.save_interval and state.iter % args.save_interval == 0):
+                metrics = run_validation(run, state, args, device) if procs.master and validate_now else None
+                save_checkpoints(state, args, procs, run_dir, device, metrics)
+                procs.barrier()
     except KeyboardInterrupt:
-        if master:
-            print(f'\ninterrupted at iteration {it}; resume from the last checkpoint with --resume {run_dir}',
-                  file=sys.stderr)
-        stopped = True
-    bar.close()
-    seconds = time.time() - t_start
-    print(f'rank {rank}/{world}: {it - start_iter} updates on {images_seen} images this session in {seconds:.0f} s '
-          f'({images_seen / max(seconds, 1e-9):.1f} images/s, validation and checkpoints included)', flush=True)
-    if master:
-        wb.finish()
-        if not stopped:
-            print(f'done: {it} iterations; {bad_total} non-finite steps and {spikes_total} gradient spikes '
-                  f'skipped, {skipped_images} unreadable images skipped; checkpoints in {run_dir}')
-    if ddp:
+        if procs.master:
+            print(f'\ninterrupted at iteration {state.iter}; resume from the last checkpoint with --resume '
+                  f'{run_dir}', file=sys.stderr)
+        outcome = 'interrupted'
+    progress.close(state, outcome, run_dir)
+    if procs.master:
+        run.wb.finish()
+    if procs.ddp:
         dist.destroy_process_group()
-    return EXIT_BAD_STEPS if bad_in_row >= args.max_bad_steps else (130 if stopped else 0)
+    return {'done': 0, 'failed': EXIT_BAD_STEPS, 'interrupted': 130}[outcome]
 
 
 if __name__ == '__main__':

@@ -1,4 +1,7 @@
-"""train-var-rate.py: flag parsing, LR schedule, data robustness, DDP on CPU, kill -9 and resume."""
+"""train-var-rate.py: flag parsing, LR schedule, the training step's skip rules, data robustness, DDP on CPU,
+kill -9 and resume."""
+import argparse
+import contextlib
 import glob
 import importlib.util
 import math
@@ -59,8 +62,8 @@ def cli(train_dir, val_dir, runs, *extra):
             '--workers', '0', '--log_interval', '1', '--runs_root', str(runs), '--fixseed', *extra]
 
 
-def run(args, launcher=(sys.executable,), **kw):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'WANDB_SILENT': 'true'}
+def run(args, launcher=(sys.executable,), env=None, **kw):
+    env = {**(os.environ if env is None else env), 'OMP_NUM_THREADS': '1', 'WANDB_SILENT': 'true'}
     return subprocess.run([*launcher, SCRIPT, *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
 
 
@@ -115,12 +118,109 @@ def test_lr_schedule():
 
 
 def test_update_classification():
-    recent = [1.0] * train.SPIKE_MIN_HISTORY
-    assert train.classify_update(1.0, 5.0, recent) == 'ok'
-    assert train.classify_update(1.0, 10.5, recent) == 'spike'
-    assert train.classify_update(1.0, 10.5, recent[:-1]) == 'ok'       # not enough history yet
-    assert train.classify_update(math.nan, 1.0, recent) == 'non-finite'
-    assert train.classify_update(1.0, math.inf, recent) == 'non-finite'
+    t = torch.tensor
+    recent = torch.full((train.SPIKE_WINDOW,), math.nan)
+    recent[-train.SPIKE_MIN_HISTORY:] = 1.0
+
+    def classify(loss, norm, norms=recent):
+        return tuple(bool(flag) for flag in train.classify_update(t(loss), t(norm), norms))
+    assert classify(1.0, 5.0) == (False, False)
+    assert classify(1.0, 10.5) == (False, True)
+    fewer = recent.clone()
+    fewer[-train.SPIKE_MIN_HISTORY] = math.nan
+    assert classify(1.0, 10.5, fewer) == (False, False)                   # not enough history yet
+    assert classify(math.nan, 1.0) == (True, False)
+    assert classify(1.0, math.inf) == (True, False)
+    assert classify(math.inf, 1e9) == (True, False)                       # non-finite, not counted as a spike
+    halves = recent.clone()
+    halves[-10:] = 3.0                                                     # median of 1,...,1,3,...,3: 2
+    assert classify(1.0, 19.0, halves) == (False, False) and classify(1.0, 21.0, halves) == (False, True)
+
+
+class Linear(torch.nn.Module):
+    """A stand-in for the model in the training step: loss = gain * <w, mean colour of the batch> (a constant
+    gradient), with bpp and PSNR as tensors (what a step free of host-device synchronisation needs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3))
+        self.gain = 1.0
+
+    def forward(self, im):
+        loss = self.gain * (self.w * im.mean(dim=(0, 2, 3))).sum()
+        return {'loss': loss, 'bppix': 2 * loss.detach(), 'psnr': -loss.detach()}
+
+
+@contextlib.contextmanager
+def no_host_reads(monkeypatch, device):
+    """Make every read of a tensor's value by the host raise (and, on CUDA, every synchronisation)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('the training step read a tensor on the host')
+    with monkeypatch.context() as patch:
+        for name in ('item', 'tolist', 'numpy', '__bool__', '__int__', '__float__', '__index__'):
+            patch.setattr(torch.Tensor, name, refuse)
+        if device.type == 'cuda':
+            torch.cuda.set_sync_debug_mode('error')
+        try:
+            yield
+        finally:
+            if device.type == 'cuda':
+                torch.cuda.set_sync_debug_mode('default')
+
+
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='needs a CUDA device'))])
+def test_training_step_skips_bad_updates_on_the_device(monkeypatch, device):
+    """forward_backward + update: non-finite updates and gradient spikes leave weights, Adam and EMA untouched
+    and are counted, a spike halves the LR, and no step reads a tensor on the host."""
+    from timm.utils import ModelEmaV3
+    device = torch.device(device)
+    model = Linear().to(device)
+    state = train.TrainState(model, torch.optim.Adam(model.parameters(), lr=0.01, fused=True),
+                             train.UpdateGuard(device), ema=ModelEmaV3(model, decay=0.9, use_warmup=True))
+    args = argparse.Namespace(accum_num=2, amp='none', grad_clip=0.0, lr=0.01, iterations=100, lr_sched='const',
+                              lr_warmup=0, lrf_min=0.01)
+    im = torch.rand(2, 3, 8, 8, device=device)
+
+    def step(images, gain=1.0):
+        """One update (two micro-batches); returns the figures, read after the step."""
+        model.gain = gain
+        with no_host_reads(monkeypatch, device):
+            for group in state.optimizer.param_groups:
+                group['lr'] = state.lr(args)
+            batches = iter([(0, (images, torch.tensor([1, 0]))), (0, (images, torch.tensor([0, 0])))])
+            figures, n = train.forward_backward(model, batches, state, args, train.Processes(), device)
+            train.update(state, args, figures)
+        state.iter += 1
+        assert n == 4
+        return figures
+
+    def snapshot():
+        return (model.w.detach().clone(), state.ema.module.w.detach().clone(),
+                float(state.optimizer.state[model.w].get('step', 0)))
+
+    for _ in range(train.SPIKE_MIN_HISTORY):
+        before = snapshot()
+        figures = step(im)
+        assert not torch.equal(snapshot()[0], before[0]) and snapshot()[2] == before[2] + 1
+    assert figures.tolist() == pytest.approx([figures[0].item(), 2 * figures[0].item(), -figures[0].item()])
+    assert int(state.skipped_images) == train.SPIKE_MIN_HISTORY
+
+    before = snapshot()
+    step(torch.full_like(im, math.nan))                                       # non-finite loss and gradient
+    assert all(torch.equal(a, b) if torch.is_tensor(a) else a == b for a, b in zip(snapshot(), before))
+    assert torch.isfinite(model.w).all()
+    step(im, gain=100.0)                                                      # a gradient spike
+    assert all(torch.equal(a, b) if torch.is_tensor(a) else a == b for a, b in zip(snapshot(), before))
+    counts = state.guard.state_dict()
+    assert (counts['bad_steps'], counts['spikes'], counts['lr_scale']) == (1, 1, 0.5)
+    assert len(counts['grad_norms']) == train.SPIKE_MIN_HISTORY
+    assert float(state.lr(args)) == pytest.approx(0.005)
+
+    step(im)                                                                  # accepted again
+    assert not torch.equal(snapshot()[0], before[0])
+    assert int(state.guard.bad_in_row) == 0 and int(state.guard.longest_bad_run) == 1
+    assert float(state.optimizer.param_groups[0]['lr']) == pytest.approx(0.005)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -155,6 +255,26 @@ def test_nonfinite_losses_stop_with_a_checkpoint(photos, valset, tmp_path):
     assert failed['counters']['bad_steps'] == 3 and failed['iter'] < 30
 
 
+def test_wandb_online_without_credentials_stops_before_any_work(shared_dir, kodak_dir, tmp_path):
+    """--wbmode online on a machine without a wandb login: one line saying what to do, exit status 2, no run
+    folder."""
+    home = tmp_path / 'home'
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith('WANDB_') and k != 'NETRC'}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / '.config'))
+    result = run(['--model', 'rd_model_tiny', '--wbmode', 'online', '--trainset',
+                  os.path.join(shared_dir, 'datasets', 'photos'), '--valset', kodak_dir, '--val_images', '2',
+                  '--iterations', '2', '--batch_size', '2', '--device', 'cpu', '--runs_root', str(tmp_path / 'runs')],
+                 env=env, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1
+    assert all(words in errors[0] for words in ('wandb login', 'WANDB_API_KEY', '--wbmode offline'))
+    assert not (tmp_path / 'runs').exists()
+
+
+@pytest.mark.slow
 def test_kill_then_resume(photos, valset, tmp_path):
     """SIGKILL mid-training, then --resume: iteration, LR position and EMA step continue; every checkpoint
     file ever seen loads with weights_only=True."""
@@ -199,6 +319,7 @@ def test_kill_then_resume(photos, valset, tmp_path):
     assert not glob.glob(str(folder / '.*.tmp'))
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_on_cpu(photos, valset, tmp_path):
     """torchrun with 2 CPU processes (gloo): both ranks train, wandb offline logs, three checkpoints."""
     runs = tmp_path / 'runs'
@@ -209,7 +330,7 @@ def test_ddp_two_ranks_on_cpu(photos, valset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'x 2 process(es)' in result.stdout and '8 images per update' in result.stdout
     for rank in (0, 1):
-        assert f'rank {rank}/2: 4 updates on 16 images this session' in result.stdout
+        assert f'rank {rank}/2: 4 updates on 16 images in ' in result.stdout
     folder = runs / 'lvae' / 'ddp'
     ckpts = {name: load(folder / name) for name in CKPTS}
     assert ckpts['last.pt']['iter'] == ckpts['last_ema.pt']['iter'] == 4
@@ -227,8 +348,9 @@ def test_ddp_two_ranks_on_cpu(photos, valset, tmp_path):
 
 
 @pytest.mark.slow
-def test_issue_done_when_ddp_run(kodak_dir, shared_dir, tmp_path):
-    """The issue's command: 40 iterations of rd_model_tiny on 2 CPU ranks, validated on all of Kodak."""
+def test_ddp_run_validated_on_all_of_kodak(kodak_dir, shared_dir, tmp_path):
+    """The CPU demo's torchrun command: 40 iterations of rd_model_tiny on 2 CPU ranks, validated on all of
+    Kodak."""
     result = run(['--model', 'rd_model_tiny', '--trainset', os.path.join(shared_dir, 'datasets', 'photos'),
                   '--valset', kodak_dir, '--iterations', '40', '--batch_size', '2', '--eval_interval', '20',
                   '--device', 'cpu', '--wbmode', 'offline', '--runs_root', str(tmp_path), '--name', 'done'],

@@ -176,9 +176,10 @@ def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None):
 
 
 def outside_range(lambdas, lmb_range):
-    """Per lambda: True where it lies outside ``lmb_range`` (the range the model was trained on)."""
+    """Per lambda: True where it lies outside ``lmb_range`` (the range the model was trained on), beyond the
+    rounding of a log-spaced grid's ends."""
     low, high = (float(v) for v in lmb_range)
-    return [not low <= v <= high for v in lambdas]
+    return [not low * (1 - 1e-9) <= v <= high * (1 + 1e-9) for v in lambdas]
 
 
 def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixels='original', samples=1,

@@ -142,3 +142,15 @@ def test_padded_bpp_flag_and_samples(script, one_image, tmp_path):
     # padded pixels: 128x128 for a 70x100 crop; the estimate differs by the pixel ratio up to sampling noise
     ratio = o['results']['bpp'][0] / p['results']['bpp'][0]
     assert ratio == pytest.approx(128 * 128 / (70 * 100), rel=0.2)
+
+
+def test_plotting_leaves_matplotlibs_backend_alone(tmp_path):
+    """Importing lvae.plotting and writing a plot keep the process's backend (here svg, set by the user)."""
+    code = ('import matplotlib, lvae.plotting, lvae.bdrate\n'
+            'vtm = lvae.bdrate.get_anchor("kodak")\n'
+            f'lvae.plotting.plot_rd({str(tmp_path / "rd.png")!r}, [("x", vtm["bpp"], vtm["psnr"])])\n'
+            'print(matplotlib.get_backend())')
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, 'MPLBACKEND': 'svg', 'PYTHONPATH': REPO})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == 'svg' and (tmp_path / 'rd.png').read_bytes()[:4] == b'\x89PNG'

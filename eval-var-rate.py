@@ -9,25 +9,29 @@ Examples::
     python eval-var-rate.py --model rd_model_tiny --random-init --steps 4   # smoke test, meaningless numbers
 """
 import argparse
-import json
+import math
 import os
 import sys
 
 import torch
 
 import lvae
-from lvae.bdrate import DEFAULT_ANCHOR, bd_table, get_anchor, resolve_anchor
+from lvae.bdrate import DEFAULT_ANCHOR, bd_table, get_anchor, resolve_anchor_curve
 from lvae.checkpoint import download, is_url, load_file, load_weights, model_from_checkpoint, sha256_file
 from lvae.cli import parse_model_args
 from lvae.evaluation import (BPP_PIXELS, compile_for_eval, default_device, evaluate_bound, lambda_grid,
                              resolve_images)
+from lvae.intervals import bd_rates, bootstrap, describe, draw_bd_rates
 from lvae.memory import reuse_freed_memory
 from lvae.models.rd.zoo import PRETRAINED, WEIGHTS_DIR
 from lvae.paths import dataset_name
 from lvae.plotting import plot_rd
+from lvae.results import CONVENTIONS, convention_psnr, dataset_record, per_image_figures, save_json, weights_label
 
 # Published curves drawn for comparison when the dataset has them (shipped in lvae/data/anchors.json).
-PUBLISHED = {'qarv_base': 'QARV-base (published)', 'qres34m': 'QRes-VAE 34M (published)'}
+PUBLISHED = {'yang-mandt-2022': 'previous bound (Yang & Mandt 2022)', 'qarv_base': 'QARV-base (published)',
+             'qres34m': 'QRes-VAE 34M (published)'}
+PREVIOUS_BOUND = 'yang-mandt-2022'  # a second BD table, against the previous bound, where it has a curve
 
 
 def lambdas_per_forward(text):
@@ -74,7 +78,7 @@ def get_args(argv=None):
                    help="lambdas per forward: 'auto' or an integer")
     g = p.add_argument_group('output')
     g.add_argument('--output', default=None, metavar='JSON',
-                   help='results file (default: results/<model>-<dataset>.json); the PNG goes next to it')
+                   help='results file (default: runs/eval/<name>-<dataset>.json); the PNG goes next to it')
     g.add_argument('--name', default=None, help="curve name in the JSON and plot (default: the model's)")
     g.add_argument('--anchor', default=DEFAULT_ANCHOR,
                    help='BD-rate reference: a shipped codec (%(default)s) or an anchor JSON (python -m lvae.anchors)')
@@ -120,20 +124,70 @@ def load_model(args):
     return model, args.model, source, sha256_file(download(source) if is_url(source) else source)
 
 
-def record(result, name, test_set, folder, model, model_name, weights, sha256, compiled):
-    """The results JSON: CompressAI's layout (name, results: bpp / psnr-rgb) plus the evaluation's details."""
+def references(args, test_set):
+    """{key: (label, curve)} of the BD-rate references with a curve for ``test_set``: --anchor, then the
+    previous bound. A file anchor is keyed by its file name."""
+    refs = {}
+    for anchor in dict.fromkeys([args.anchor, PREVIOUS_BOUND]):
+        found = resolve_anchor_curve(anchor, test_set, missing_ok=True)
+        if found is not None:
+            refs[os.path.basename(anchor)] = found
+    return refs
+
+
+def bd_summary(result, refs, intervals):
+    """Per reference and PSNR convention: the cubic BD-rate (None where undefined), its interval, the anchor's
+    PSNR convention used (its published one where it has none other) and, for K > 1, each draw's BD-rate."""
+    summary = {}
+    for key, (label, curve) in refs.items():
+        draws = draw_bd_rates(result['draws'], curve) if result['draws'] else None
+        summary[key] = {'label': label, 'method': 'cubic'}
+        for conv in CONVENTIONS:
+            value = float(bd_rates([result['bpp']], [result[conv]], curve, conv)[0])
+            summary[key][conv] = {'value': value if math.isfinite(value) else None,
+                                  'interval': intervals['bd_rate'][key][conv],
+                                  'anchor_psnr': conv if convention_psnr(curve, conv) is not None else 'psnr',
+                                  'draws': draws[conv] if draws else None}
+    return summary
+
+
+def record(result, name, dataset, model, model_name, weights, sha256, compiled, intervals, bd):
+    """The results JSON: CompressAI's layout (name, results: bpp / psnr-rgb) plus the evaluation's details;
+    no paths of this machine (the dataset by file names and hashes, the weights by file name and sha256)."""
     return {
-        'name': name, 'test-set': test_set, 'dataset_path': os.path.abspath(folder),
-        'lambdas': result['lambdas'],
+        'name': name, 'test-set': dataset['name'], 'dataset': dataset,
+        'lambdas': result['lambdas'], 'lmb_range': result['lmb_range'],
+        'outside_lmb_range': result['outside_lmb_range'],
         'results': {'bpp': result['bpp'], 'psnr': result['psnr'], 'psnr-rgb': result['psnr'],
+                    'psnr_of_mean_mse': result['psnr_of_mean_mse'],
                     'bpp_std': result['bpp_std'], 'psnr_std': result['psnr_std']},
-        'model': model_name, 'model_config': model.config.to_dict(), 'weights': weights, 'weights_sha256': sha256,
+        'psnr_conventions': CONVENTIONS, 'intervals': intervals, 'bd_rate': bd, 'draws': result['draws'],
+        'model': model_name, 'model_config': model.config.to_dict(), 'weights': weights_label(weights),
+        'weights_sha256': sha256,
         'bpp_pixels': result['bpp_pixels'], 'samples': result['samples'], 'seed': result['seed'],
         'num_images': result['num_images'], 'skipped': result['skipped'], 'per_image': result['per_image'],
         'device': result['device'], 'amp': result['amp'], 'tf32': result['tf32'], 'compile': compiled,
         'seconds': result['seconds'],
         'torch': torch.__version__, 'lvae': lvae.__version__,
     }
+
+
+def print_tables(result, refs, bd, intervals, name, test_set):
+    """The per-lambda table (both PSNR conventions, 95% intervals) and one BD table per reference."""
+    print('| lambda | bpp | PSNR (dB), mean of per-image PSNR (paper) | PSNR (dB) of mean MSE |\n|---:|---:|---:|---:|')
+    for j, lmb in enumerate(result['lambdas']):
+        cells = [f'{result[key][j]:{spec}} [{intervals[key][j][0]:{spec}}, {intervals[key][j][1]:{spec}}]'
+                 for key, spec in (('bpp', '.4f'), ('psnr', '.3f'), ('psnr_of_mean_mse', '.3f'))]
+        mark = ' *' if result['outside_lmb_range'][j] else ''
+        print(f'| {lmb:.1f}{mark} | ' + ' | '.join(cells) + ' |')
+    print(f'\n[low, high]: {describe(intervals, result["num_images"])}')
+    if any(result['outside_lmb_range']):
+        print(f'*: outside the trained lmb_range {result["lmb_range"]} (extrapolated)')
+    for key, (label, curve) in refs.items():
+        print()
+        print(bd_table(result, curve, name=name, anchor_name=label, dataset=test_set,
+                       interval=intervals['bd_rate'][key], interval_note=describe(intervals, result['num_images']),
+                       draws={conv: bd[key][conv]['draws'] for conv in CONVENTIONS} if result['draws'] else None))
 
 
 def main(argv=None):
@@ -144,7 +198,7 @@ def main(argv=None):
         paths = resolve_images(args.dataset_name)
         folder = os.path.dirname(paths[0])
         test_set = dataset_name(args.dataset_name) or os.path.basename(os.path.normpath(folder))
-        reference = resolve_anchor(args.anchor, test_set, missing_ok=True)
+        refs = references(args, test_set)
         model, model_name, weights, sha256 = load_model(args)
         lambdas = lambda_grid(args.lmb_range or model.config.lmb_range, args.steps)
         if args.device is None:
@@ -168,26 +222,22 @@ def main(argv=None):
     name = args.name or model_name
     for s in result['skipped']:
         print(f'skipped {s["file"]}: {s["reason"]}', file=sys.stderr)
-    out = args.output or os.path.join('results', f'{name}-{test_set}.json')
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    data = record(result, name, test_set, folder, model, model_name, weights, sha256, compiled)
-    with open(out, 'w') as f:
-        json.dump(data, f, indent=1)
+    out = args.output or os.path.join('runs', 'eval', f'{name}-{test_set}.json')
+    intervals = bootstrap(*per_image_figures(result), anchors={key: curve for key, (_, curve) in refs.items()})
+    bd = bd_summary(result, refs, intervals)
+    save_json(out, record(result, name, dataset_record(test_set, paths), model, model_name, weights, sha256,
+                          compiled, intervals, bd))
     curves = [(name, result['bpp'], result['psnr'])]
     curves += [(label, c['bpp'], c['psnr']) for codec, label in PUBLISHED.items()
-               if (c := get_anchor(test_set, codec))]
+               if codec != args.anchor and (c := get_anchor(test_set, codec))]
+    reference = next(((label, c['bpp'], c['psnr']) for key, (label, c) in refs.items()
+                      if key == os.path.basename(args.anchor)), None)
     png = plot_rd(os.path.splitext(out)[0] + '.png', curves, reference,
                   title=f'R(D) upper bound on {test_set} ({result["num_images"]} images, bpp over '
                         f'{args.bpp_pixels} pixels)')
     print(f'{result["num_images"]} images, {len(lambdas)} lambdas, {result["seconds"]:.1f} s on {result["device"]}')
-    print('| lambda | bpp | PSNR (dB) |\n|---:|---:|---:|')
-    for lmb, bpp, psnr in zip(result['lambdas'], result['bpp'], result['psnr']):
-        print(f'| {lmb:.1f} | {bpp:.4f} | {psnr:.3f} |')
-    if reference is not None:
-        print()
-        print(bd_table(result['bpp'], result['psnr'], reference[1], reference[2], name=name,
-                       anchor_name=reference[0], dataset=test_set))
-    else:
+    print_tables(result, refs, bd, intervals, name, test_set)
+    if reference is None:
         print(f'\nno {args.anchor} anchor for {test_set!r}: make one with `python -m lvae.anchors {folder} '
               f'--codec jpeg` and pass it with --anchor')
     print(f'wrote {out} and {png}')

@@ -9,11 +9,12 @@ Command line::
     python -m lvae.anchors FOLDER --codec jpeg [--qualities 10,20,...] [--output ANCHOR.json]
     python -m lvae.anchors FOLDER --codec vtm -- --build-dir VTM/bin --config encoder_intra_vtm.cfg --rgb
 
-bpp = file bits / pixel count and PSNR in RGB (8-bit) per image, averaged over images, per quality.
+bpp = file bits / pixel count and PSNR in RGB (8-bit) per image, averaged over images, per quality; the
+per-image figures are kept, so ``python -m lvae.bdrate`` gives the anchor's BD-rates a bootstrap interval too.
+The JSON names the images (file, size, sha256), never the machine's paths.
 Images that are not usable (:func:`lvae.images.check_images`) stop the run unless ``--skip-invalid``.
 """
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -27,6 +28,7 @@ with warnings.catch_warnings():  # compressai's import-time torch.jit.script dep
 
 from lvae.images import check_images, list_images
 from lvae.paths import dataset_name, dataset_path
+from lvae.results import dataset_record, save_json
 
 CODECS = {cls.__name__.lower(): cls for cls in (bench.JPEG, bench.WebP, bench.JPEG2000, bench.BPG, bench.VTM, bench.HM,
                                                  bench.AV1, bench.TFCI)}
@@ -92,14 +94,12 @@ def main(argv=None):
         print(f'error: {e}', file=sys.stderr)
         return 2
     out = args.output or os.path.join('results', f'{args.codec}-{test_set}.json')
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    data = {'name': codec.name, 'description': codec.description, 'test-set': test_set,
-            'dataset_path': os.path.abspath(folder), 'num_images': len(paths),
-            'skipped': [{'file': e.path, 'reason': e.reason} for e in bad], 'qualities': curve['qualities'],
-            'results': {'bpp': curve['bpp'], 'psnr': curve['psnr'], 'psnr-rgb': curve['psnr']},
-            'per_image': curve['per_image']}
-    with open(out, 'w') as f:
-        json.dump(data, f, indent=1)
+    save_json(out, {'name': codec.name, 'description': codec.description, 'test-set': test_set,
+                    'dataset': dataset_record(test_set, paths), 'num_images': len(paths),
+                    'skipped': [{'file': os.path.basename(e.path), 'reason': e.reason} for e in bad],
+                    'qualities': curve['qualities'],
+                    'results': {'bpp': curve['bpp'], 'psnr': curve['psnr'], 'psnr-rgb': curve['psnr']},
+                    'per_image': curve['per_image']})
     print('| quality | bpp | PSNR (dB) |\n|---:|---:|---:|')
     for q, b, p in zip(curve['qualities'], curve['bpp'], curve['psnr']):
         print(f'| {q} | {b:.4f} | {p:.3f} |')

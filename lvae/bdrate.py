@@ -4,9 +4,13 @@ The paper's BD-rate is Bjontegaard's: a cubic polynomial fit of log-rate over PS
 integrated over the PSNR interval both curves cover (``method='cubic'``); ``'pchip'`` is the
 piecewise-cubic variant. Both come from the ``bjontegaard`` package.
 
-Command line::
+Shipped anchors (``lvae/data/anchors.json``, with their sources): VTM 18.0 (``vtm-18.0``, the paper's
+reference), the authors' codecs (``qarv_base``, ``qres34m``) and the previous R(D) bound, Yang & Mandt 2022
+(``yang-mandt-2022``).
 
-    python -m lvae.bdrate RESULT.json [--anchor vtm-18.0 | ANCHOR.json] [--dataset NAME]
+Command line (a result with per-image figures also gets a 95% bootstrap interval, :mod:`lvae.intervals`)::
+
+    python -m lvae.bdrate RESULT.json [--anchor vtm-18.0 | yang-mandt-2022 | ANCHOR.json] [--dataset NAME]
 """
 import argparse
 import json
@@ -16,6 +20,8 @@ import warnings
 
 import bjontegaard
 import numpy as np
+
+from lvae.results import CONVENTIONS, convention_psnr, dataset_curves, per_image_figures
 
 ANCHORS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'anchors.json')
 DEFAULT_ANCHOR = 'vtm-18.0'
@@ -67,22 +73,29 @@ def overlap(anchor_psnr, test_psnr):
 
 def _anchor_data():
     with open(ANCHORS_FILE) as f:
-        return json.load(f)['curves']
+        return json.load(f)
 
 
 def list_anchors():
     """{codec: [datasets]} of the curves shipped with the package."""
-    return {codec: sorted(curves) for codec, curves in _anchor_data().items()}
+    return {codec: sorted(curves) for codec, curves in _anchor_data()['curves'].items()}
 
 
 def get_anchor(dataset, codec=DEFAULT_ANCHOR):
-    """The shipped curve ``{'bpp': [...], 'psnr': [...]}`` of ``codec`` on ``dataset``, or None."""
-    return _anchor_data().get(codec, {}).get(dataset)
+    """The shipped curve ``{'bpp': [...], 'psnr': [...], ...}`` of ``codec`` on ``dataset``, or None."""
+    return _anchor_data()['curves'].get(codec, {}).get(dataset)
+
+
+def anchor_label(codec):
+    """How tables and plots name a shipped codec (e.g. 'VTM-18.0')."""
+    return _anchor_data()['labels'].get(codec, codec)
 
 
 def read_curve(path):
     """Read an R-D JSON: ours, the authors' / CompressAI layout (``results: {bpp, psnr}``) or a plain
-    ``{bpp, psnr}``. Returns ``(name, dataset or None, bpp, psnr)``."""
+    ``{bpp, psnr}``. Returns a dict: ``name``, ``dataset`` (or None), ``curve`` (``bpp``, ``psnr`` and, when
+    the file has them, ``psnr_of_mean_mse`` / ``mse_255``), ``per_image`` (``(bpp, psnr, mse)`` (N, L) arrays,
+    or None) and ``intervals`` (the file's bootstrap settings, or None)."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -92,25 +105,64 @@ def read_curve(path):
     if not isinstance(results, dict) or 'bpp' not in results or 'psnr' not in results:
         raise ValueError(f"{path} holds no R-D curve (expected 'bpp' and 'psnr' lists, at the top level or "
                          f"under 'results')")
-    name = data.get('name') or os.path.splitext(os.path.basename(path))[0]
-    dataset = data.get('test-set') or data.get('dataset_name')
-    return name, dataset, results['bpp'], results['psnr']
+    try:
+        per_image = per_image_figures(data)
+    except ValueError as e:
+        raise ValueError(f'{path}: {e}') from None
+    curve = {key: results[key] for key in ('bpp', 'psnr', 'psnr_of_mean_mse', 'mse_255') if key in results}
+    if 'psnr_of_mean_mse' not in curve and per_image is not None:
+        curve['psnr_of_mean_mse'] = dataset_curves(*per_image)['psnr_of_mean_mse'].tolist()
+    return {'name': data.get('name') or os.path.splitext(os.path.basename(path))[0],
+            'dataset': data.get('test-set') or data.get('dataset_name'), 'curve': curve, 'per_image': per_image,
+            'intervals': data.get('intervals') if isinstance(data.get('intervals'), dict) else None}
 
 
-def bd_table(test_bpp, test_psnr, anchor_bpp, anchor_psnr, name='test', anchor_name='anchor', dataset=''):
-    """A markdown table of BD-rate and BD-PSNR with both interpolation methods."""
+def bd_table(test, anchor, name='test', anchor_name='anchor', dataset='', interval=None, interval_note='',
+             draws=None):
+    """A markdown table of BD-rate and BD-PSNR of curve ``test`` w.r.t. curve ``anchor`` (dicts with ``bpp``,
+    ``psnr`` and optionally ``psnr_of_mean_mse``): both PSNR conventions, both interpolation methods.
+
+    interval: ``{convention: [low, high]}`` shown beside the cubic BD-rates, described by ``interval_note``;
+    draws: ``{convention: [BD-rate of each posterior draw]}``, listed below the table.
+    """
     where = f' on {dataset}' if dataset else ''
     lines = [f'BD metrics of {name} w.r.t. {anchor_name}{where} '
-             f'(PSNR overlap {overlap(anchor_psnr, test_psnr):.0%}):', '',
-             '| method | BD-rate (%) | BD-PSNR (dB) |', '|---|---:|---:|']
-    for method in METHODS:
-        label = 'cubic (paper)' if method == 'cubic' else method
-        rate = bd_rate(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method)
-        psnr = bd_psnr(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method)
-        lines.append(f'| {label} | {_fmt(rate, "+.2f")} | {_fmt(psnr, "+.3f")} |')
-    if overlap(anchor_psnr, test_psnr) == 0:
-        lines += ['', 'n/a: the curves share no PSNR range, so BD-rate is undefined (an untrained model?)']
-    return '\n'.join(lines)
+             f'(PSNR overlap {overlap(anchor["psnr"], test["psnr"]):.0%}):', '',
+             '| PSNR | method | BD-rate (%) | BD-PSNR (dB) |', '|---|---|---:|---:|']
+    enough = len(test['bpp']) >= 4
+    notes, mixed = [], False
+    for conv, conv_label in CONVENTIONS.items():
+        test_psnr = convention_psnr(test, conv)
+        if test_psnr is None:
+            continue
+        anchor_psnr = convention_psnr(anchor, conv)
+        if anchor_psnr is None:
+            anchor_psnr, mixed = anchor['psnr'], True
+            conv_label += ' *'
+        for method in METHODS:
+            rate = bd_rate(anchor['bpp'], anchor_psnr, test['bpp'], test_psnr, method) if enough else np.nan
+            psnr = bd_psnr(anchor['bpp'], anchor_psnr, test['bpp'], test_psnr, method) if enough else np.nan
+            cell = _fmt(rate, '+.2f')
+            band = (interval or {}).get(conv) if method == 'cubic' else None
+            if band is not None and np.isfinite(rate):
+                cell += f' [{band[0]:+.2f}, {band[1]:+.2f}]'
+            lines.append(f'| {conv_label} | {"cubic (paper)" if method == "cubic" else method} | {cell} | '
+                         f'{_fmt(psnr, "+.3f")} |')
+    if not enough:
+        notes.append(f'n/a: BD-rate needs at least 4 points on the test curve, got {len(test["bpp"])} '
+                     f'(evaluate at 4 or more lambdas, e.g. --steps 16)')
+    elif overlap(anchor['psnr'], test['psnr']) == 0:
+        notes.append('n/a: the curves share no PSNR range, so BD-rate is undefined (an untrained model?)')
+    if interval_note and any(band is not None for band in (interval or {}).values()):
+        notes.append(f'[low, high]: {interval_note}')
+    if mixed:
+        notes.append(f'*: {anchor_name} is published as mean of per-image PSNR only; that curve is the anchor '
+                     f'in this row too')
+    for conv, values in (draws or {}).items():
+        if np.isfinite(values).all():
+            notes.append(f'posterior draws, images fixed ({CONVENTIONS[conv]}, cubic): '
+                         + ', '.join(f'{v:+.2f}' for v in values) + f' (std {np.std(values, ddof=1):.2f})')
+    return '\n'.join(lines + ([''] + notes if notes else []))
 
 
 def _fmt(value, spec):
@@ -120,9 +172,15 @@ def _fmt(value, spec):
 def resolve_anchor(anchor, dataset, missing_ok=False):
     """``anchor``: a shipped codec name or an R-D JSON path -> ``(label, bpp, psnr)``; ``None`` when the codec
     has no curve for ``dataset`` and ``missing_ok``."""
+    found = resolve_anchor_curve(anchor, dataset, missing_ok)
+    return None if found is None else (found[0], found[1]['bpp'], found[1]['psnr'])
+
+
+def resolve_anchor_curve(anchor, dataset, missing_ok=False):
+    """As :func:`resolve_anchor`, but -> ``(label, curve dict)`` with every PSNR convention the anchor has."""
     if os.path.isfile(anchor):
-        name, _, bpp, psnr = read_curve(anchor)
-        return name, bpp, psnr
+        read = read_curve(anchor)
+        return read['name'], read['curve']
     shipped = list_anchors()
     if anchor not in shipped:
         raise ValueError(f'anchor {anchor!r} is neither a file nor a shipped codec ({", ".join(shipped)})')
@@ -132,23 +190,34 @@ def resolve_anchor(anchor, dataset, missing_ok=False):
             return None
         raise ValueError(f'no {anchor} curve for dataset {dataset!r}; shipped: {", ".join(shipped[anchor])}; '
                          f'pass --anchor ANCHOR.json for another dataset')
-    return anchor.upper() if anchor.startswith('vtm') else anchor, curve['bpp'], curve['psnr']
+    return anchor_label(anchor), curve
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m lvae.bdrate', description=__doc__.split('\n\n')[0])
     parser.add_argument('result', help='R-D curve JSON (from eval-var-rate.py, or the authors\' layout)')
-    parser.add_argument('--anchor', default=DEFAULT_ANCHOR, help='shipped codec name or anchor JSON path')
+    parser.add_argument('--anchor', default=DEFAULT_ANCHOR,
+                        help=f'shipped codec ({", ".join(list_anchors())}; default: %(default)s) or anchor JSON path')
     parser.add_argument('--dataset', default=None, help="dataset of the shipped anchor (default: the JSON's "
                                                           "'test-set' / 'dataset_name')")
     args = parser.parse_args(argv)
     try:
-        name, dataset, bpp, psnr = read_curve(args.result)
-        dataset = args.dataset or dataset
+        read = read_curve(args.result)
+        dataset = args.dataset or read['dataset']
         if dataset is None and not os.path.isfile(args.anchor):
             raise ValueError(f'{args.result} names no dataset; pass --dataset NAME')
-        anchor_name, abpp, apsnr = resolve_anchor(args.anchor, dataset)
-        print(bd_table(bpp, psnr, abpp, apsnr, name=name, anchor_name=anchor_name, dataset=dataset or ''))
+        anchor_name, anchor = resolve_anchor_curve(args.anchor, dataset)
+        interval, note = None, ''
+        if read['per_image'] is not None:
+            from lvae.intervals import bootstrap, describe  # lvae.intervals computes its BD-rates with this module
+            settings = {key: read['intervals'][key] for key in ('resamples', 'seed', 'level')
+                        if read['intervals'] and key in read['intervals']}
+            found = bootstrap(*read['per_image'], anchors={'anchor': anchor}, **settings)
+            interval, note = found['bd_rate']['anchor'], describe(found, len(read['per_image'][0]))
+        print(bd_table(read['curve'], anchor, name=read['name'], anchor_name=anchor_name, dataset=dataset or '',
+                       interval=interval, interval_note=note))
+        if read['per_image'] is None:
+            print('\nno interval: the file has no per-image figures')
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from lvae.datasets import find_or_download
 from lvae.images import ImageError, check_images, list_images, load_image
 from lvae.layers import preferred_memory_format
 from lvae.models.rd.model import MAX_STRIDE
+from lvae.results import dataset_curves, psnr
 
 BPP_PIXELS = ('original', 'padded')
 # Lambdas batched per forward on CPU: up to this many padded pixels, i.e. 4 lambdas of a Kodak image. 16 lambdas
@@ -175,27 +176,33 @@ def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None):
     return bits, mse
 
 
-def _psnr(mse):
-    return -10 * np.log10(np.maximum(mse, 1e-20))
+def outside_range(lambdas, lmb_range):
+    """Per lambda: True where it lies outside ``lmb_range`` (the range the model was trained on), beyond the
+    rounding of a log-spaced grid's ends."""
+    low, high = (float(v) for v in lmb_range)
+    return [not low * (1 - 1e-9) <= v <= high * (1 + 1e-9) for v in lambdas]
 
 
 def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixels='original', samples=1,
                    seed=0, skip_invalid=False, lmb_batch='auto', amp=None, tf32_ok=False, progress=True):
     """Estimate the model's R(D) bound on ``images`` (a folder, a dataset name, or a list of paths).
 
-    lambdas: list of lambdas (default: ``steps`` log-spaced over the model's ``lmb_range``).
+    lambdas: list of lambdas (default: ``steps`` log-spaced over the model's ``lmb_range``); those outside
+    ``lmb_range`` are evaluated, with a warning, and marked in ``outside_lmb_range``.
     samples: posterior draws K per image and lambda; the dataset averages are reported as the mean over
     the K draws, with their standard deviation (``bpp_std``, ``psnr_std``; None when K = 1, the paper's
-    setting). Draws are seeded from ``(seed, sample, image, lambda)`` on CPU generators, so results do not
-    depend on batching or on the device (beyond float rounding).
+    setting) and each draw's curves (``draws``). Draws are seeded from ``(seed, sample, image, lambda)`` on
+    CPU generators, so results do not depend on batching or on the device (beyond float rounding).
     lmb_batch: lambdas per forward ('auto' or an int); amp: None (fp32) or 'bf16' (autocast); tf32_ok: let
     CUDA run fp32 matmuls and convolutions in TF32 (default: strict fp32, whatever torch's global flags say).
     The model is moved to ``device`` and its :func:`~lvae.layers.preferred_memory_format` in place (same
     numbers).
 
-    Returns a dict: ``lambdas``, ``bpp``, ``psnr`` (per-lambda lists, averaged over images), ``bpp_std``,
-    ``psnr_std``, ``per_image`` (file, size and per-lambda bpp / psnr of each image), ``skipped`` (files
-    left out with ``skip_invalid``), and the settings used.
+    Returns a dict: ``lambdas``, ``outside_lmb_range`` (a bool per lambda), ``bpp``, ``psnr`` (mean of
+    per-image PSNR, the paper's), ``psnr_of_mean_mse`` (per-lambda lists, :mod:`lvae.results`), ``bpp_std``,
+    ``psnr_std``, ``draws`` (K x L lists of each draw's ``bpp``, ``psnr``, ``psnr_of_mean_mse``; None when
+    K = 1), ``per_image`` (file, size and per-lambda bpp, PSNR and MSE on [0, 1] of each image, means over
+    the draws), ``skipped`` (file names left out with ``skip_invalid``), and the settings used.
     """
     if bpp_pixels not in BPP_PIXELS:
         raise ValueError(f'bpp_pixels must be one of {BPP_PIXELS}, got {bpp_pixels!r}')
@@ -206,6 +213,11 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     lambdas = [float(v) for v in (lambdas if lambdas is not None else lambda_grid(model.config.lmb_range, steps))]
     if not lambdas or min(lambdas) <= 0:
         raise ValueError(f'lambdas must be a non-empty list of positive numbers, got {lambdas}')
+    outside = outside_range(lambdas, model.config.lmb_range)
+    if any(outside):
+        warnings.warn(f'lambdas {[round(v, 4) for v, o in zip(lambdas, outside) if o]} are outside the model\'s '
+                      f'trained lmb_range {list(model.config.lmb_range)}: evaluated as asked, marked in the '
+                      f'result (outside_lmb_range)', stacklevel=2)
     paths, bad = check_images(resolve_images(images))
     if bad and not skip_invalid:
         raise InvalidImagesError(bad)
@@ -216,7 +228,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     sizer = _BatchSizer(device, lmb_batch)
 
     L, K = len(lambdas), int(samples)
-    all_bpp, all_psnr = np.empty((K, len(paths), L)), np.empty((K, len(paths), L))
+    all_bpp, all_mse = np.empty((K, len(paths), L)), np.empty((K, len(paths), L))
     per_image = []
     t0 = time.time()
     bar = tqdm(paths, desc='bound', unit='img', disable=not progress, dynamic_ncols=True)
@@ -230,21 +242,22 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         seeds = [_seed(seed, k, i, j) for k in range(K) for j in range(L)]
         with tf32(tf32_ok):
             bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp)
-        all_bpp[:, i] = (bits / pixels).reshape(K, L)
-        all_psnr[:, i] = _psnr(mse).reshape(K, L)
-        img_bpp, img_psnr = all_bpp[:, i].mean(0), all_psnr[:, i].mean(0)
-        per_image.append({'file': os.path.basename(path), 'height': h, 'width': w,
-                          'bpp': img_bpp.tolist(), 'psnr': img_psnr.tolist()})
+        all_bpp[:, i], all_mse[:, i] = (bits / pixels).reshape(K, L), mse.reshape(K, L)
+        img_bpp, img_psnr = all_bpp[:, i].mean(0), psnr(all_mse[:, i]).mean(0)
+        per_image.append({'file': os.path.basename(path), 'height': h, 'width': w, 'bpp': img_bpp.tolist(),
+                          'psnr': img_psnr.tolist(), 'mse': all_mse[:, i].mean(0).tolist()})
         bar.set_postfix_str(f'{os.path.basename(path)} bpp {img_bpp[0]:.3f}-{img_bpp[-1]:.3f} '
                             f'psnr {img_psnr[0]:.2f}-{img_psnr[-1]:.2f}')
-    bpp_k, psnr_k = all_bpp.mean(1), all_psnr.mean(1)  # (K, L): dataset averages of each draw
-    std = (lambda a: a.std(0, ddof=1).tolist()) if K > 1 else (lambda a: None)
+    curves = dataset_curves(*(np.array([r[key] for r in per_image]) for key in ('bpp', 'psnr', 'mse')))
+    draws = dataset_curves(all_bpp, psnr(all_mse), all_mse)  # (K, L) each: the dataset curves of each draw
     return {
-        'lambdas': lambdas,
-        'bpp': bpp_k.mean(0).tolist(), 'psnr': psnr_k.mean(0).tolist(),
-        'bpp_std': std(bpp_k), 'psnr_std': std(psnr_k),
+        'lambdas': lambdas, 'lmb_range': list(model.config.lmb_range), 'outside_lmb_range': outside,
+        **{key: value.tolist() for key, value in curves.items()},
+        'bpp_std': draws['bpp'].std(0, ddof=1).tolist() if K > 1 else None,
+        'psnr_std': draws['psnr'].std(0, ddof=1).tolist() if K > 1 else None,
+        'draws': {key: value.tolist() for key, value in draws.items()} if K > 1 else None,
         'per_image': per_image,
-        'skipped': [{'file': e.path, 'reason': e.reason} for e in bad],
+        'skipped': [{'file': os.path.basename(e.path), 'reason': e.reason} for e in bad],
         'num_images': len(paths), 'samples': K, 'seed': seed, 'bpp_pixels': bpp_pixels,
         'device': str(device), 'amp': amp, 'tf32': bool(tf32_ok and device.type == 'cuda'),
         'seconds': time.time() - t0,

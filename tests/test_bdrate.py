@@ -1,5 +1,5 @@
-"""BD-rate / BD-PSNR (issue 3, done-when 1): lvae.bd_rate is bjontegaard's cubic method and the paper's
-polyfit definition; the CLI reads result files and the shipped anchors."""
+"""BD-rate / BD-PSNR: lvae.bd_rate is bjontegaard's cubic method and the paper's polyfit definition; the CLI
+reads result files and the shipped anchors (VTM 18.0, the authors' codecs, Yang & Mandt 2022's bound)."""
 import json
 
 import bjontegaard
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lvae
-from lvae.bdrate import bd_psnr, get_anchor, list_anchors, main, read_curve
+from lvae.bdrate import bd_psnr, bd_table, get_anchor, list_anchors, main, read_curve
 
 
 def polyfit_bd_rate(r1, p1, r2, p2):
@@ -58,10 +58,8 @@ def test_shipped_anchors_match_the_shared_files(shared_dir):
     import os
     assert set(list_anchors()['vtm-18.0']) == {'kodak', 'tecnick-rgb-1200', 'clic2022-test'}
     for name in list_anchors()['vtm-18.0']:
-        with open(os.path.join(shared_dir, 'anchors', 'vtm-18.0', f'{name}.json')) as f:
-            shared = json.load(f)
-        _, _, bpp, psnr = read_curve(os.path.join(shared_dir, 'anchors', 'vtm-18.0', f'{name}.json'))
-        assert get_anchor(name) == {'bpp': bpp, 'psnr': psnr}, name
+        curve = read_curve(os.path.join(shared_dir, 'anchors', 'vtm-18.0', f'{name}.json'))['curve']
+        assert get_anchor(name) == {'bpp': curve['bpp'], 'psnr': curve['psnr']}, name
     # the published QARV-base BD-rates w.r.t. VTM 18.0 (shared/README.md) come out of the shipped curves
     published = {'kodak': -5.90, 'tecnick-rgb-1200': -8.94, 'clic2022-test': -6.91}
     for name, value in published.items():
@@ -76,9 +74,9 @@ def test_cli_six_percent_fewer_bits_than_kodak_vtm_gives_minus_six(tmp_path, cap
                                   'results': {'bpp': [b * 0.94 for b in vtm['bpp']], 'psnr': vtm['psnr']}}))
     assert main([str(result)]) == 0
     out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if line.startswith('| cubic'))
-    assert float(row.split('|')[2]) == pytest.approx(-6.0, abs=0.1)
-    assert 'w.r.t. VTM-18.0 on kodak' in out
+    row = next(line for line in out.splitlines() if line.startswith('| mean of per-image PSNR (paper) | cubic'))
+    assert float(row.split('|')[3]) == pytest.approx(-6.0, abs=0.1)
+    assert 'w.r.t. VTM-18.0 on kodak' in out and 'no interval: the file has no per-image figures' in out
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
@@ -94,11 +92,67 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "no vtm-18.0 curve for dataset 'nowhere'" in capsys.readouterr().err
 
 
+def row(table, convention, method='cubic'):
+    """The BD-rate cell of one row of a BD table."""
+    return next(line for line in table.splitlines() if line.startswith(f'| {convention}') and f'| {method}' in line
+                ).split('|')[3].strip()
+
+
 def test_curves_without_overlap_give_no_number():
-    from lvae.bdrate import bd_table
     vtm = get_anchor('kodak')
-    flat_bpp, flat_psnr = [0.010, 0.011, 0.012, 0.013], [9.90, 9.91, 9.92, 9.93]  # an untrained model
-    assert np.isnan(lvae.bd_rate(vtm['bpp'], vtm['psnr'], flat_bpp, flat_psnr))
-    assert np.isnan(bd_psnr(vtm['bpp'], vtm['psnr'], flat_bpp, flat_psnr))
-    table = bd_table(flat_bpp, flat_psnr, vtm['bpp'], vtm['psnr'])
-    assert '| cubic (paper) | n/a | n/a |' in table and 'share no PSNR range' in table
+    flat = {'bpp': [0.010, 0.011, 0.012, 0.013], 'psnr': [9.90, 9.91, 9.92, 9.93]}  # an untrained model
+    assert np.isnan(lvae.bd_rate(vtm['bpp'], vtm['psnr'], flat['bpp'], flat['psnr']))
+    assert np.isnan(bd_psnr(vtm['bpp'], vtm['psnr'], flat['bpp'], flat['psnr']))
+    table = bd_table(flat, vtm)
+    assert '| mean of per-image PSNR (paper) | cubic (paper) | n/a | n/a |' in table
+    assert 'share no PSNR range' in table
+
+
+def test_fewer_than_four_points_give_n_a_and_say_why():
+    vtm = get_anchor('kodak')
+    table = bd_table({'bpp': vtm['bpp'][:3], 'psnr': vtm['psnr'][:3]}, vtm, interval={'psnr': None},
+                     interval_note='95% interval')
+    assert row(table, 'mean of per-image PSNR') == 'n/a' and 'at least 4 points on the test curve, got 3' in table
+    assert '[low, high]' not in table
+
+
+def test_yang_mandt_2022_bound_is_shipped_with_its_source(shared_dir):
+    import os
+    assert set(list_anchors()['yang-mandt-2022']) == {'kodak', 'tecnick-rgb-1200'}
+    for name in list_anchors()['yang-mandt-2022']:
+        with open(os.path.join(shared_dir, 'anchors', 'published',
+                               f'yang-mandt-2022-resnet_vae-{name}.json')) as f:
+            published = json.load(f)['results']
+        shipped = get_anchor(name, 'yang-mandt-2022')
+        assert {key: shipped[key] for key in ('bpp', 'psnr', 'mse_255')} == published, name
+    with open(lvae.bdrate.ANCHORS_FILE) as f:
+        data = json.load(f)
+    assert 'Yang & Mandt' in data['sources']['yang-mandt-2022'] and 'ICLR 2022' in data['sources']['yang-mandt-2022']
+    assert data['labels']['yang-mandt-2022'] == 'previous bound (Yang & Mandt 2022)'
+
+
+@pytest.mark.parametrize('dataset, expected', [('kodak', '-19.31'), ('tecnick-rgb-1200', '-22.52')])
+def test_cli_gives_the_published_yang_mandt_bd_rates_against_vtm(shared_dir, capsys, dataset, expected):
+    """The previous bound's BD-rates w.r.t. VTM 18.0 with the paper's BD function (shared/README.md)."""
+    import os
+    path = os.path.join(shared_dir, 'anchors', 'published', f'yang-mandt-2022-resnet_vae-{dataset}.json')
+    assert main([path, '--anchor', 'vtm-18.0']) == 0
+    out = capsys.readouterr().out
+    assert row(out, 'mean of per-image PSNR (paper)') == expected
+    assert f'w.r.t. VTM-18.0 on {dataset}' in out
+
+
+def test_cli_against_the_previous_bound_in_both_conventions(tmp_path, capsys):
+    """A curve with 10% fewer bits than Yang & Mandt's in both conventions (their mean MSE gives the PSNR of the
+    mean MSE): -10% in each row, and no row compares two conventions."""
+    ym = get_anchor('kodak', 'yang-mandt-2022')
+    result = tmp_path / 'ten.json'
+    mean_mse_psnr = (10 * np.log10(255 ** 2 / np.array(ym['mse_255']))).tolist()
+    result.write_text(json.dumps({'name': 'ten', 'test-set': 'kodak', 'results': {
+        'bpp': [b * 0.9 for b in ym['bpp']], 'psnr': ym['psnr'], 'psnr_of_mean_mse': mean_mse_psnr}}))
+    assert main([str(result), '--anchor', 'yang-mandt-2022']) == 0
+    out = capsys.readouterr().out
+    assert 'w.r.t. previous bound (Yang & Mandt 2022) on kodak' in out
+    assert float(row(out, 'mean of per-image PSNR (paper)')) == pytest.approx(-10.0, abs=0.05)
+    assert float(row(out, 'PSNR of mean MSE |')) == pytest.approx(-10.0, abs=0.05)
+    assert 'published as mean of per-image PSNR only' not in out

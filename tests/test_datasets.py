@@ -105,7 +105,7 @@ def test_jpeg_anchor_for_a_folder_feeds_bd_rate(kodak_dir, tmp_path, capsys):
     assert bpp == sorted(bpp) and psnr == sorted(psnr) and 0.2 < bpp[0] < bpp[-1] < 8 and 25 < psnr[0] < 45
     assert data['results']['psnr-rgb'] == psnr and len(data['per_image']) == 3
     assert bdrate_main([str(out), '--anchor', str(out)]) == 0
-    assert '| cubic (paper) | +0.00 |' in capsys.readouterr().out
+    assert '| mean of per-image PSNR (paper) | cubic (paper) | +0.00 [' in capsys.readouterr().out
     assert anchors.main([str(folder), '--codec', 'vtm', '--output', str(tmp_path / 'v.json'),
                          '--', '--build-dir', str(tmp_path / 'no-vtm'), '--config', 'x.cfg']) == 2
     assert 'no-vtm' in capsys.readouterr().err

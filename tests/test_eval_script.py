@@ -45,7 +45,7 @@ def test_script_writes_json_png_and_bd_table(kodak3, tmp_path):
     data = json.loads(out.read_text())
     assert data['name'] == 'rd_model_tiny' and data['test-set'] == 'kodak' and data['model'] == 'rd_model_tiny'
     assert len(data['lambdas']) == 4 and data['lambdas'][0] == pytest.approx(4) and data['lambdas'][-1] == pytest.approx(2048)
-    assert set(data['results']) == {'bpp', 'psnr', 'psnr-rgb', 'bpp_std', 'psnr_std'}
+    assert set(data['results']) == {'bpp', 'psnr', 'psnr-rgb', 'psnr_of_mean_mse', 'bpp_std', 'psnr_std'}
     assert data['results']['psnr-rgb'] == data['results']['psnr'] and len(data['results']['bpp']) == 4
     assert [p['file'] for p in data['per_image']] == ['kodim01.png', 'kodim07.png', 'kodim23.png']
     assert data['per_image'][0]['height'] == 512 and data['per_image'][0]['width'] == 768
@@ -53,6 +53,25 @@ def test_script_writes_json_png_and_bd_table(kodak3, tmp_path):
     assert data['device'] == 'cpu' and data['torch'] == torch.__version__ and data['weights_sha256'] is None
     assert 'warning: no weights are registered for rd_model_tiny: evaluating an UNTRAINED model' in run.stderr
     assert 'Traceback' not in run.stderr
+    assert set(data['bd_rate']) == {'vtm-18.0', 'yang-mandt-2022'} and data['intervals']['resamples'] == 2000
+    assert 'w.r.t. previous bound (Yang & Mandt 2022) on kodak' in run.stdout
+    # no path of this machine: the dataset by file names, sizes and hashes, the weights by name
+    assert str(tmp_path) not in out.read_text() and kodak3 not in out.read_text()
+    assert [f['file'] for f in data['dataset']['files']] == ['kodim01.png', 'kodim07.png', 'kodim23.png']
+    assert all(len(f['sha256']) == 64 and f['bytes'] > 100_000 for f in data['dataset']['files'])
+
+
+def test_three_lambdas_end_cleanly_with_n_a(kodak3, tmp_path):
+    """Fewer than 4 lambdas: the BD table says n/a and why, exit status 0; the default output goes under
+    runs/eval/ of the working folder."""
+    run = subprocess.run([sys.executable, SCRIPT, '--model', 'rd_model_tiny', '--random-init', '--dataset_name',
+                          kodak3, '--steps', '3', '--device', 'cpu', '--no-progress'],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert '| mean of per-image PSNR (paper) | cubic (paper) | n/a | n/a |' in run.stdout
+    assert 'BD-rate needs at least 4 points on the test curve, got 3' in run.stdout
+    assert 'Traceback' not in run.stderr
+    assert sorted(os.listdir(tmp_path / 'runs' / 'eval')) == ['rd_model_tiny-kodak.json', 'rd_model_tiny-kodak.png']
 
 
 def test_errors_are_one_line_messages(script, odd_dir, capsys, tmp_path):
@@ -95,7 +114,9 @@ def test_weights_with_and_without_config(script, one_image, tmp_path, capsys):
     assert script.main(['--weights', str(with_config), '--output', str(tmp_path / 'a.json')] + common) == 0
     a = json.loads((tmp_path / 'a.json').read_text())
     assert a['model'] == 'my_tiny' and a['weights_sha256'] == sha256_file(with_config)
+    assert a['weights'] == 'with_config.pt'  # the file name; the sha256 identifies it
     assert a['lambdas'] == pytest.approx([16, 1024]) and a['model_config']['lmb_range'] == [16, 1024]
+    assert a['outside_lmb_range'] == [False, False]  # the grid's rounded ends are inside
     assert 'no vtm-18.0 anchor' in capsys.readouterr().out
 
     assert script.main(['--model', 'rd_model_tiny', '--model_args', 'lmb_range=(16, 1024)', '--weights', str(bare),
@@ -121,3 +142,15 @@ def test_padded_bpp_flag_and_samples(script, one_image, tmp_path):
     # padded pixels: 128x128 for a 70x100 crop; the estimate differs by the pixel ratio up to sampling noise
     ratio = o['results']['bpp'][0] / p['results']['bpp'][0]
     assert ratio == pytest.approx(128 * 128 / (70 * 100), rel=0.2)
+
+
+def test_plotting_leaves_matplotlibs_backend_alone(tmp_path):
+    """Importing lvae.plotting and writing a plot keep the process's backend (here svg, set by the user)."""
+    code = ('import matplotlib, lvae.plotting, lvae.bdrate\n'
+            'vtm = lvae.bdrate.get_anchor("kodak")\n'
+            f'lvae.plotting.plot_rd({str(tmp_path / "rd.png")!r}, [("x", vtm["bpp"], vtm["psnr"])])\n'
+            'print(matplotlib.get_backend())')
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, 'MPLBACKEND': 'svg', 'PYTHONPATH': REPO})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == 'svg' and (tmp_path / 'rd.png').read_bytes()[:4] == b'\x89PNG'

@@ -1,4 +1,5 @@
-"""evaluate_bound (issue 3): bpp conventions (done-when 3), bad files, seeding, samples, compile."""
+"""evaluate_bound: bpp conventions, per-image MSE and both PSNR curves, lambdas outside the trained range, bad
+files, seeding, samples, compile."""
 import math
 import os
 
@@ -59,6 +60,24 @@ def test_bpp_divides_the_padded_images_bits_by_original_or_padded_pixels(tiny, o
     assert original['bpp_pixels'] == 'original' and padded['bpp_pixels'] == 'padded'
 
 
+def test_per_image_mse_gives_both_psnr_curves(tiny, odd_size_image, kodak_dir):
+    files = [odd_size_image, os.path.join(kodak_dir, 'kodim07.png')]
+    r = evaluate_bound(tiny, files, LAMBDAS, device='cpu', progress=False)
+    mse = np.array([p['mse'] for p in r['per_image']])
+    assert np.array([p['psnr'] for p in r['per_image']]) == pytest.approx(-10 * np.log10(mse))
+    assert r['psnr'] == pytest.approx(np.mean(-10 * np.log10(mse), axis=0).tolist())
+    assert r['psnr_of_mean_mse'] == pytest.approx((-10 * np.log10(mse.mean(0))).tolist())
+    assert all(a < b for a, b in zip(r['psnr_of_mean_mse'], r['psnr']))  # two different images: Jensen's gap
+    assert r['draws'] is None and r['outside_lmb_range'] == [False, False] and r['lmb_range'] == [4.0, 2048.0]
+
+
+def test_lambdas_outside_the_trained_range_are_evaluated_with_a_warning(tiny, odd_size_image):
+    with pytest.warns(UserWarning, match=r'lambdas \[2.0, 4096.0\] are outside .* lmb_range \[4.0, 2048.0\]'):
+        r = evaluate_bound(tiny, [odd_size_image], [2.0, 64.0, 4096.0], device='cpu', progress=False)
+    assert r['outside_lmb_range'] == [True, False, True]
+    assert np.isfinite(r['bpp']).all() and np.isfinite(r['psnr']).all()
+
+
 def test_results_do_not_depend_on_lambda_batching(tiny, odd_size_image):
     a = evaluate_bound(tiny, [odd_size_image], LAMBDAS + [64.0], device='cpu', lmb_batch=1, progress=False)
     b = evaluate_bound(tiny, [odd_size_image], LAMBDAS + [64.0], device='cpu', lmb_batch=3, progress=False)
@@ -71,6 +90,9 @@ def test_samples_report_a_standard_deviation(tiny, odd_size_image):
     other = evaluate_bound(tiny, [odd_size_image], LAMBDAS, device='cpu', seed=1, progress=False)
     assert one['bpp_std'] is None and one['samples'] == 1
     assert len(three['bpp_std']) == 2 and all(s > 0 for s in three['bpp_std'])
+    assert np.array(three['draws']['bpp']).shape == (3, 2)
+    assert np.mean(three['draws']['bpp'], axis=0) == pytest.approx(three['bpp'])
+    assert np.std(three['draws']['psnr'], axis=0, ddof=1) == pytest.approx(three['psnr_std'])
     assert three['bpp'][0] != one['bpp'][0] and other['bpp'][0] != one['bpp'][0]
     # the mean of 3 draws is within a few standard deviations of one draw
     assert abs(three['bpp'][0] - one['bpp'][0]) < 6 * three['bpp_std'][0] * math.sqrt(3)
@@ -90,7 +112,7 @@ def test_skip_invalid_evaluates_every_usable_odd_image(tiny, odd_dir):
     assert set(done) == {'gray-L-256.png', 'gray16-200x120.png', 'odd-131x77.png', 'palette-P-512.png',
                          'rgba-192x128.png', 'tiny-24x16.png'}
     assert done['tiny-24x16.png'] == (16, 24) and done['odd-131x77.png'] == (77, 131)
-    assert sorted(os.path.basename(s['file']) for s in r['skipped']) == ['not-an-image.png', 'truncated.png']
+    assert sorted(s['file'] for s in r['skipped']) == ['not-an-image.png', 'truncated.png']  # names, not paths
     assert all(np.isfinite(p['bpp']).all() and np.isfinite(p['psnr']).all() for p in r['per_image'])
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import lvae
+from lvae.bdrate import main as bdrate_main
 from lvae.checkpoint import sha256_file
 from lvae.evaluation import evaluate_bound
 from lvae.models.rd import zoo
@@ -37,6 +38,33 @@ def test_shipped_curve_is_monotone(results):
     assert all(b2 > b1 for b1, b2 in zip(bpp, bpp[1:])), bpp
     assert all(p2 > p1 for p1, p2 in zip(psnr, psnr[1:])), psnr
     assert results['weights_sha256'] == zoo.PRETRAINED['rd_model_small']['sha256']
+
+
+def test_shipped_results_hold_both_psnr_curves_intervals_and_the_previous_bound(results):
+    curves = results['results']
+    assert all(m < p for m, p in zip(curves['psnr_of_mean_mse'], curves['psnr']))
+    assert all(len(entry['mse']) == 16 for entry in results['per_image'])
+    intervals = results['intervals']
+    assert (intervals['method'], intervals['level'], intervals['resamples'], intervals['seed']) == \
+        ('percentile bootstrap over images', 0.95, 2000, 0)
+    for key in ('bpp', 'psnr', 'psnr_of_mean_mse'):
+        assert all(low < v < high for v, (low, high) in zip(curves[key], intervals[key])), key
+    for anchor in ('vtm-18.0', 'yang-mandt-2022'):
+        bd = results['bd_rate'][anchor]['psnr']
+        assert bd['interval'][0] < bd['value'] < bd['interval'][1], anchor
+    assert results['dataset']['name'] == 'kodak' and len(results['dataset']['files']) == 24
+    assert results['weights'] == 'rd_model_small.pt' and not any(results['outside_lmb_range'])
+    assert '"/' not in json.dumps(results)  # no absolute path of the machine that made it
+    assert os.path.getsize(RESULTS.replace('.json', '.png')) > 20_000
+
+
+def test_bdrate_cli_prints_the_shipped_results_interval_the_same_every_time(results, capsys):
+    assert bdrate_main([RESULTS]) == 0
+    first = capsys.readouterr().out
+    assert bdrate_main([RESULTS]) == 0
+    assert capsys.readouterr().out == first
+    low, high = results['bd_rate']['vtm-18.0']['psnr']['interval']
+    assert f'{results["bd_rate"]["vtm-18.0"]["psnr"]["value"]:+.2f} [{low:+.2f}, {high:+.2f}]' in first
 
 
 def test_shipped_results_reproduce(results, kodak_dir):

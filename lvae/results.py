@@ -1,0 +1,102 @@
+"""The result JSON of a bound evaluation: dataset curves from per-image figures in both PSNR conventions,
+what a result records about its inputs (names and hashes, never the machine's paths), and atomic writing.
+
+PSNR conventions of a dataset curve, per lambda:
+
+- ``psnr``: the mean over images of each image's PSNR (the paper's, the authors' and CompressAI's);
+- ``psnr_of_mean_mse``: the PSNR of the mean over images of each image's MSE (common in the literature;
+  never higher than ``psnr``, by Jensen's inequality).
+"""
+import contextlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from lvae.checkpoint import is_url, sha256_file
+
+CONVENTIONS = {'psnr': 'mean of per-image PSNR (paper)', 'psnr_of_mean_mse': 'PSNR of mean MSE'}
+
+
+def psnr(mse):
+    """PSNR in dB of MSE on the [0, 1] scale (array in, array out)."""
+    return -10 * np.log10(np.maximum(mse, 1e-20))
+
+
+def dataset_curves(bpp, img_psnr, mse):
+    """Per-image figures (..., N, L) for N images and L lambdas -> dict of (..., L) arrays: ``bpp`` (mean),
+    ``psnr`` (mean of per-image PSNR) and ``psnr_of_mean_mse``. ``mse`` on the [0, 1] scale."""
+    return {'bpp': np.mean(bpp, axis=-2), 'psnr': np.mean(img_psnr, axis=-2),
+            'psnr_of_mean_mse': psnr(np.mean(mse, axis=-2))}
+
+
+def convention_psnr(curve, convention):
+    """The PSNR list of ``curve`` (a dict with ``bpp``, ``psnr``, ...) in ``convention``, or None when it has no
+    figures for it. A mean MSE on the 0-255 scale (``mse_255``, as Yang & Mandt publish it) gives the PSNR of
+    the mean MSE."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f'PSNR convention must be one of {tuple(CONVENTIONS)}, got {convention!r}')
+    if curve.get(convention) is not None:
+        return list(curve[convention])
+    if convention == 'psnr_of_mean_mse' and curve.get('mse_255') is not None:
+        return (10 * np.log10(255.0 ** 2 / np.asarray(curve['mse_255'], dtype=np.float64))).tolist()
+    return None
+
+
+def per_image_figures(data):
+    """``(bpp, psnr, mse)``, three (N, L) float64 arrays, from a result's ``per_image`` list, or None when it has
+    none. A result without per-image MSE (a codec's, one draw per image) gets it from the per-image PSNR;
+    a multi-draw result without it has no per-image figures (its mean PSNR is not one draw's)."""
+    rows = data.get('per_image') if isinstance(data, dict) else None
+    if not rows or not all(isinstance(r, dict) and 'bpp' in r and 'psnr' in r for r in rows):
+        return None
+    if any('mse' not in r for r in rows) and (data.get('samples') or 1) > 1:
+        return None
+    lengths = {len(r[key]) if isinstance(r[key], list) else -1 for r in rows for key in ('bpp', 'psnr', 'mse')
+               if key in r}
+    if len(lengths) != 1 or -1 in lengths:
+        raise ValueError(f'per_image figures must be lists of one length (one number per lambda), got lengths '
+                         f'{sorted(lengths)} (-1: not a list)')
+    try:
+        bpp, img_psnr = (np.array([r[key] for r in rows], dtype=np.float64) for key in ('bpp', 'psnr'))
+        mse = np.array([r['mse'] if 'mse' in r else 10 ** (-np.asarray(r['psnr']) / 10) for r in rows],
+                       dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'per_image figures are not numbers: {e}') from None
+    return bpp, img_psnr, mse
+
+
+def dataset_record(name, paths):
+    """What was evaluated, without the machine's paths: ``{'name', 'files': [{'file', 'bytes', 'sha256'}]}``."""
+    return {'name': name, 'files': [{'file': os.path.basename(p), 'bytes': os.path.getsize(p),
+                                     'sha256': sha256_file(p)} for p in paths]}
+
+
+def weights_label(source):
+    """A checkpoint's URL as given, a local file by its name only (its sha256 identifies it)."""
+    return source if source is None or is_url(source) else os.path.basename(os.fspath(source))
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path`` to write to; renamed to ``path`` when the block succeeds,
+    removed when it fails: a crash or kill never leaves a torn file at ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from other users
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(path, data):
+    """Write ``data`` as indented JSON to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, 'w') as f:
+        json.dump(data, f, indent=1)
+    return path

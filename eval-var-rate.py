@@ -19,7 +19,7 @@ import lvae
 from lvae.bdrate import DEFAULT_ANCHOR, bd_table, get_anchor, resolve_anchor_curve
 from lvae.checkpoint import download, is_url, load_file, load_weights, model_from_checkpoint, sha256_file
 from lvae.cli import parse_model_args
-from lvae.evaluation import (BPP_PIXELS, compile_for_eval, default_device, evaluate_bound, lambda_grid,
+from lvae.evaluation import (BPP_PIXELS, NOISE, compile_for_eval, default_device, evaluate_bound, lambda_grid,
                              resolve_images)
 from lvae.intervals import bd_rates, bootstrap, describe, draw_bd_rates
 from lvae.memory import reuse_freed_memory
@@ -70,6 +70,9 @@ def get_args(argv=None):
     g = p.add_argument_group('speed')
     g.add_argument('--device', default=None, help='cuda, cuda:1, cpu, ... (default: cuda if present, else cpu)')
     g.add_argument('--amp', choices=('bf16',), default=None, help='bf16 autocast (default: fp32)')
+    g.add_argument('--noise', choices=NOISE, default='device',
+                   help="where the posterior draws are made: on the model's device (default, fast) or on CPU generators "
+                        '(the same draws on every device)')
     g.add_argument('--tf32', action='store_true', help='CUDA: fp32 matmuls and convolutions in TF32 (default: strict '
                    'fp32; benchmarks/RESULTS.md gives the effect on the bound)')
     g.add_argument('--compile', action='store_true', help='torch.compile the ConvNeXt blocks (compiling '
@@ -166,7 +169,8 @@ def record(result, name, dataset, model, model_name, weights, sha256, compiled, 
         'weights_sha256': sha256,
         'bpp_pixels': result['bpp_pixels'], 'samples': result['samples'], 'seed': result['seed'],
         'num_images': result['num_images'], 'skipped': result['skipped'], 'per_image': result['per_image'],
-        'device': result['device'], 'amp': result['amp'], 'tf32': result['tf32'], 'compile': compiled,
+        'device': result['device'], 'amp': result['amp'], 'tf32': result['tf32'], 'noise': result['noise'],
+        'compile': compiled,
         'seconds': result['seconds'],
         'torch': torch.__version__, 'lvae': lvae.__version__,
     }
@@ -213,7 +217,7 @@ def main(argv=None):
         compiled = compile_for_eval(model) if args.compile else False
         result = evaluate_bound(model, paths, lambdas, device=device, bpp_pixels=args.bpp_pixels,
                                 samples=args.samples, seed=args.seed, skip_invalid=args.skip_invalid,
-                                lmb_batch=args.lmb_batch, amp=args.amp, tf32_ok=args.tf32,
+                                lmb_batch=args.lmb_batch, amp=args.amp, tf32_ok=args.tf32, noise=args.noise,
                                 progress=not args.no_progress)
     except (ValueError, OSError, RuntimeError) as e:  # bad input, file or download: a message, no traceback
         print(f'error: {e}', file=sys.stderr)

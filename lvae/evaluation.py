@@ -24,6 +24,11 @@ from lvae.models.rd.model import MAX_STRIDE
 from lvae.results import dataset_curves, psnr
 
 BPP_PIXELS = ('original', 'padded')
+# Where the posterior draws are made. 'device': on the model's device (no host work or copy; the draws differ
+# between device types). 'cpu': on CPU generators, then copied: the same draws on every device. A CPU makes the
+# 78M draws of one Kodak image at 16 lambdas for rd_model_base in 0.58 s (2-core EPYC), more than an H100 takes
+# for the image's whole evaluation in bf16 (0.5 s, benchmarks/RESULTS.md), so 'device' is the default.
+NOISE = ('device', 'cpu')
 # Lambdas batched per forward on CPU: up to this many padded pixels, i.e. 4 lambdas of a Kodak image. 16 lambdas
 # of one Kodak image ran 0.97-1.04x (rd_model_base on a 2-core Xeon, within the machine's noise), 1.08x (on a
 # 2-core EPYC) and 1.15x (rd_model_small) as fast 4 per forward as 1 per forward; all 16 in one forward gained
@@ -112,10 +117,10 @@ def _seed(*parts):
 
 
 def _noise_from(generators):
-    """A ``noise(like)`` for :meth:`forward_end2end`: sample b of the batch draws from ``generators[b]``, CPU
-    generators, so that the draws are the same on every device (then moved to ``like``'s device)."""
+    """A ``noise(like)`` for :meth:`forward_end2end`: sample b of the batch draws from ``generators[b]`` on the
+    generator's device, then moves them to ``like``'s device (a no-op where they are the same)."""
     def noise(like):
-        return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype)
+        return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype, device=g.device)
                             for g in generators]).to(like.device)
     return noise
 
@@ -143,13 +148,15 @@ class _BatchSizer:
 
 
 @torch.inference_mode()
-def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None):
+def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None, noise='device'):
     """KL bits and MSE of one image at each lambda.
 
-    im: (3, H, W) in [0, 1]; lambdas and seeds: one per forward sample. Returns ``(bits, mse)``, two float64
-    arrays of len(lambdas): bits of the whole padded image, MSE on [0, 1] over the original pixels.
+    im: (3, H, W) in [0, 1]; lambdas and seeds: one per forward sample; noise: where the draws are made
+    (:data:`NOISE`). Returns ``(bits, mse)``, two float64 arrays of len(lambdas): bits of the whole padded
+    image, MSE on [0, 1] over the original pixels.
     """
     device = next(model.parameters()).device
+    noise_device = device if noise == 'device' else torch.device('cpu')
     sizer = sizer or _BatchSizer(device, 'auto')
     im = im.to(device).unsqueeze(0)
     h, w = im.shape[2:]
@@ -159,7 +166,7 @@ def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None):
     while start < len(lambdas):
         n = sizer.size(len(lambdas) - start, padded.shape[2] * padded.shape[3])
         chunk = slice(start, start + n)
-        gens = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
+        gens = [torch.Generator(noise_device).manual_seed(s) for s in seeds[chunk]]
         lmb = torch.tensor(lambdas[chunk], dtype=torch.float32, device=device)
         try:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16'):
@@ -184,15 +191,17 @@ def outside_range(lambdas, lmb_range):
 
 
 def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixels='original', samples=1,
-                   seed=0, skip_invalid=False, lmb_batch='auto', amp=None, tf32_ok=False, progress=True):
+                   seed=0, skip_invalid=False, lmb_batch='auto', amp=None, tf32_ok=False, noise='device',
+                   progress=True):
     """Estimate the model's R(D) bound on ``images`` (a folder, a dataset name, or a list of paths).
 
     lambdas: list of lambdas (default: ``steps`` log-spaced over the model's ``lmb_range``); those outside
     ``lmb_range`` are evaluated, with a warning, and marked in ``outside_lmb_range``.
     samples: posterior draws K per image and lambda; the dataset averages are reported as the mean over
     the K draws, with their standard deviation (``bpp_std``, ``psnr_std``; None when K = 1, the paper's
-    setting) and each draw's curves (``draws``). Draws are seeded from ``(seed, sample, image, lambda)`` on
-    CPU generators, so results do not depend on batching or on the device (beyond float rounding).
+    setting) and each draw's curves (``draws``). Draws are seeded from ``(seed, sample, image, lambda)``, so
+    results do not depend on batching; ``noise`` (:data:`NOISE`) makes them on the model's device
+    ('device', the default: fast) or on CPU generators ('cpu': the same draws on every device).
     lmb_batch: lambdas per forward ('auto' or an int); amp: None (fp32) or 'bf16' (autocast); tf32_ok: let
     CUDA run fp32 matmuls and convolutions in TF32 (default: strict fp32, whatever torch's global flags say).
     The model is moved to ``device`` and its :func:`~lvae.layers.preferred_memory_format` in place (same
@@ -210,6 +219,8 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         raise ValueError(f'samples must be >= 1, got {samples}')
     if amp not in (None, 'bf16'):
         raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
+    if noise not in NOISE:
+        raise ValueError(f'noise must be one of {NOISE}, got {noise!r}')
     lambdas = [float(v) for v in (lambdas if lambdas is not None else lambda_grid(model.config.lmb_range, steps))]
     if not lambdas or min(lambdas) <= 0:
         raise ValueError(f'lambdas must be a non-empty list of positive numbers, got {lambdas}')
@@ -241,7 +252,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         pixels = h * w if bpp_pixels == 'original' else (h + (-h) % MAX_STRIDE) * (w + (-w) % MAX_STRIDE)
         seeds = [_seed(seed, k, i, j) for k in range(K) for j in range(L)]
         with tf32(tf32_ok):
-            bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp)
+            bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp, noise=noise)
         all_bpp[:, i], all_mse[:, i] = (bits / pixels).reshape(K, L), mse.reshape(K, L)
         img_bpp, img_psnr = all_bpp[:, i].mean(0), psnr(all_mse[:, i]).mean(0)
         per_image.append({'file': os.path.basename(path), 'height': h, 'width': w, 'bpp': img_bpp.tolist(),
@@ -259,6 +270,6 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         'per_image': per_image,
         'skipped': [{'file': os.path.basename(e.path), 'reason': e.reason} for e in bad],
         'num_images': len(paths), 'samples': K, 'seed': seed, 'bpp_pixels': bpp_pixels,
-        'device': str(device), 'amp': amp, 'tf32': bool(tf32_ok and device.type == 'cuda'),
+        'device': str(device), 'amp': amp, 'tf32': bool(tf32_ok and device.type == 'cuda'), 'noise': noise,
         'seconds': time.time() - t0,
     }

@@ -84,6 +84,17 @@ def test_results_do_not_depend_on_lambda_batching(tiny, odd_size_image):
     assert a['bpp'] == pytest.approx(b['bpp'], rel=1e-5) and a['psnr'] == pytest.approx(b['psnr'], abs=1e-4)
 
 
+def test_draws_made_on_cpu_generators_are_the_draws_of_the_device_mode_on_a_cpu(tiny, odd_size_image):
+    """On a CPU both noise modes make the same draws, seeded per (seed, draw, image, lambda); the mode is
+    recorded."""
+    a = evaluate_bound(tiny, [odd_size_image], LAMBDAS, device='cpu', noise='device', progress=False)
+    b = evaluate_bound(tiny, [odd_size_image], LAMBDAS, device='cpu', noise='cpu', progress=False)
+    assert (a['noise'], b['noise']) == ('device', 'cpu')
+    assert a['bpp'] == b['bpp'] and a['psnr'] == b['psnr']
+    bits, psnr = reference_bits_and_psnr(tiny, odd_size_image, LAMBDAS[0], seed=_seed(0, 0, 0, 0))
+    assert a['per_image'][0]['bpp'][0] == pytest.approx(bits / (77 * 131), rel=1e-5)
+
+
 def test_samples_report_a_standard_deviation(tiny, odd_size_image):
     one = evaluate_bound(tiny, [odd_size_image], LAMBDAS, device='cpu', progress=False)
     three = evaluate_bound(tiny, [odd_size_image], LAMBDAS, device='cpu', samples=3, progress=False)
@@ -118,7 +129,8 @@ def test_skip_invalid_evaluates_every_usable_odd_image(tiny, odd_dir):
 
 def test_arguments_are_checked(tiny, odd_size_image):
     for kwargs, match in [({'bpp_pixels': 'both'}, 'bpp_pixels'), ({'samples': 0}, 'samples'),
-                          ({'amp': 'fp16'}, 'amp'), ({'lambdas': [0.0, 1.0]}, 'positive')]:
+                          ({'amp': 'fp16'}, 'amp'), ({'lambdas': [0.0, 1.0]}, 'positive'),
+                          ({'noise': 'gpu'}, "noise must be one of .*'gpu'")]:
         with pytest.raises(ValueError, match=match):
             evaluate_bound(tiny, [odd_size_image], **{'lambdas': LAMBDAS, **kwargs}, progress=False)
     with pytest.raises(ValueError, match='unknown dataset'):

@@ -15,13 +15,20 @@ AMD EPYC it takes 1.7-2x less than oneDNN's convolution and ``layer_norm`` (C=25
 16.8 ms).
 
 It is C++, compiled at first use with ``torch.utils.cpp_extension.load_inline`` (g++ and ninja; about 20 s
-on 2 cores, cached in torch's extensions folder). Where that fails, :func:`available` is False, the blocks
-keep the oneDNN path, and one warning says why. ``LVAE_CPU_KERNELS=0`` turns it off.
+on 2 cores, cached in torch's extensions folder). The build targets an ISA level, not the build machine
+(``-march=x86-64-v3`` or ``-v4`` on x86-64, read from /proc/cpuinfo), and the level is part of the extension's
+name and so of its build folder: a home folder shared by different CPUs keeps one build per level, and a CPU
+never loads a build for instructions it lacks. Where the build fails, :func:`available` is False, the blocks
+keep the reference path, and one warning says why. ``LVAE_CPU_KERNELS=0`` turns it off.
 """
+import contextlib
 import logging
 import os
+import platform
 import sys
 import warnings
+
+import torch
 
 _SOURCE = r'''
 #include <torch/extension.h>
@@ -234,31 +241,77 @@ torch::Tensor depthwise_conv_layer_norm(torch::Tensor x, torch::Tensor weight, t
 
 _module = None
 _failed = False
+# x86-64 ISA levels (gcc and clang's -march names) and the /proc/cpuinfo flags each needs beyond the one before
+_X86_LEVELS = (('x86-64-v3', {'cx16', 'lahf_lm', 'popcnt', 'sse4_1', 'sse4_2', 'ssse3',  # v2
+                              'avx', 'avx2', 'bmi1', 'bmi2', 'f16c', 'fma', 'abm', 'movbe', 'xsave'}),
+               ('x86-64-v4', {'avx512f', 'avx512bw', 'avx512cd', 'avx512dq', 'avx512vl'}))
+
+
+def _cpu_flags():
+    """The ISA flags of this CPU (/proc/cpuinfo's first ``flags`` line), or an empty set where unknown."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return set(next(line for line in f if line.startswith('flags')).split(':', 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+def isa_level():
+    """The highest x86-64 ISA level this CPU has (``'x86-64-v3'`` or ``'x86-64-v4'``), or None (older x86-64,
+    other architectures, or flags unknown: the build then targets the compiler's default)."""
+    if platform.machine().lower() not in ('x86_64', 'amd64'):
+        return None
+    flags, level, needed = _cpu_flags(), None, set()
+    for name, extra in _X86_LEVELS:
+        needed |= extra
+        if not needed <= flags:
+            break
+        level = name
+    return level
+
+
+@contextlib.contextmanager
+def _logger_level(name, level):
+    """Logger ``name`` at ``level`` inside the block, restored after."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 def available():
-    """True when the kernel is loaded, building it on the first call (once per machine; torch caches the
-    build); False where it cannot be built or ``LVAE_CPU_KERNELS=0``."""
+    """True when the kernels are loaded, building them on the first call (once per ISA level and machine, or
+    shared home folder: torch caches the build); False where they cannot be built or ``LVAE_CPU_KERNELS=0``."""
     global _module, _failed
     if _module is not None or _failed:
         return _module is not None
     if os.environ.get('LVAE_CPU_KERNELS', '1') == '0':
         _failed = True
         return False
-    print('lvae: loading the CPU depthwise-convolution kernels (the first time on a machine, they are built: '
-          'about 20 s)', file=sys.stderr)
-    logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "no CUDA runtime": CPU-only here
-    from torch.utils.cpp_extension import load_inline
+    with _logger_level('torch.utils.cpp_extension', logging.ERROR):  # "no CUDA runtime": CPU-only here
+        from torch.utils.cpp_extension import get_default_build_root, load_inline
+    level = isa_level()
+    name = f"lvae_cpu_kernels_{(level or platform.machine() or 'generic').replace('-', '_')}"
+    # one folder per Python, torch and ISA level (torch's default is per Python and CUDA version only)
+    versions = f'py{sys.version_info[0]}{sys.version_info[1]}_torch{torch.__version__}'
+    folder = os.path.join(os.environ.get('TORCH_EXTENSIONS_DIR') or get_default_build_root(), versions, name)
+    if not os.path.isfile(os.path.join(folder, f'{name}.so')):
+        print(f'lvae: building the CPU depthwise-convolution kernels for {level or platform.machine()} '
+              f'(once: about 20 s)', file=sys.stderr, flush=True)
     try:
-        flags = ['-O3', '-march=native', '-fopenmp']
-        _module = load_inline('lvae_cpu_kernels', cpp_sources=_SOURCE,
-                              functions=['depthwise_weight_grad', 'depthwise_conv_layer_norm'],
-                              extra_cflags=flags, extra_ldflags=['-fopenmp'])
-    except Exception as e:  # no compiler, no ninja, a failed build: the oneDNN path stays
+        flags = ['-O3', '-fopenmp'] + ([f'-march={level}'] if level else [])
+        os.makedirs(folder, exist_ok=True)
+        _module = load_inline(name, cpp_sources=_SOURCE, functions=['depthwise_weight_grad',
+                                                                     'depthwise_conv_layer_norm'],
+                              extra_cflags=flags, extra_ldflags=['-fopenmp'], build_directory=folder)
+    except Exception as e:  # no compiler, no ninja, a failed build: the reference path stays
         _failed = True
         first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         warnings.warn(f'lvae: could not build the CPU depthwise-convolution kernels ({type(e).__name__}: '
-                      f'{first}); using oneDNN (slower CPU training and evaluation). Set LVAE_CPU_KERNELS=0 to skip '
+                      f'{first}); using the reference path (slower CPU training). Set LVAE_CPU_KERNELS=0 to skip '
                       f'the attempt.')
     return _module is not None
 

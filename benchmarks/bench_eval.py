@@ -39,8 +39,8 @@ def bench_model(name, im, args, device, roofline):
     model = lvae.get_model(name).to(device).eval()
     lmb = torch.tensor([64.0], device=device)
     flops = benchlib.count_flops(forward(model, im, lmb, device, None))
-    ceiling = benchlib.prepared_ceiling(model, lambda m: forward(m, im, lmb, device, None), flops, roofline,
-                                        device, args.repeats, name)
+    ceiling = [benchlib.prepared_ceiling(model, lambda m: forward(m, im, lmb, device, None), flops, roofline, device,
+                                         args.repeats, name)] if args.ceiling else []
     rows = benchlib.path_rows(model, lambda m, amp: forward(m, im, lmb, device, amp), flops, roofline, args, device,
                               model=name, height=im.shape[2], width=im.shape[3])
     for r in rows:
@@ -91,7 +91,7 @@ def main():
     for name in args.models:
         model, flops, model_rows, ceiling = bench_model(name, im, args, device, roofline)
         rows += model_rows
-        ceilings.append(ceiling)
+        ceilings += ceiling
         if args.lambdas:
             batch_rows += bench_lambda_batching(name, model, flops, im, args, device, roofline)
             print('\n'.join(benchlib.markdown_table(batch_rows[-2:], BATCH_COLUMNS[:-1]).splitlines()[2:]), flush=True)
@@ -101,12 +101,13 @@ def main():
     for r in batch_rows:
         r['batched_roofline_ratio'] = roofline.ratio(r['batched_gflop_per_s'] * 1e9)
     h, w = im.shape[2:]
-    benchlib.report(f'Evaluation (forward_end2end, one {w}x{h} image, inference mode)',
-                    [('Forward', rows, benchlib.with_mfu(COLUMNS, device)),
-                     benchlib.ceiling_section(ceilings, roofline)]
-                    + ([(f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS)] if args.lambdas else []),
+    sections = [('Forward', rows, benchlib.with_mfu(COLUMNS, device))]
+    if ceilings:
+        sections.append(benchlib.ceiling_section(ceilings, roofline))
+    if batch_rows:
+        sections.append((f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS))
+    benchlib.report(f'Evaluation (forward_end2end, one {w}x{h} image, inference mode)', sections,
                     benchlib.machine(device, args), roofline, args.json)
-
 
 if __name__ == '__main__':
     main()

@@ -27,8 +27,7 @@ DATA_COLUMNS = [('folder', 'folder', 's'), ('workers', 'workers', 'd'), ('batch_
 
 def train_step(model, im, lmb, device, amp, adam=False):
     """One step: forward, backward and, with ``adam``, Adam's update (fused on CUDA, as train-var-rate.py; lr 0:
-    the weights stay put, so every row times the same model, while Adam still does all its work). Adam is
-    made here, after the row has set the parameters' memory format: its state takes their layout."""
+    the weights stay put, so every row times the same model, while Adam still does all its work)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=0.0, fused=device.type == 'cuda') if adam else None
 
     def step():
@@ -46,8 +45,8 @@ def bench_model(name, args, device, roofline):
     im = torch.rand(args.batch_size, 3, args.crop, args.crop, device=device)
     lmb = torch.tensor(model.default_lambdas(args.batch_size), device=device)  # fixed: comparable rows
     flops = benchlib.count_flops(train_step(model, im, lmb, device, None))  # the model's; Adam's are negligible
-    ceiling = benchlib.prepared_ceiling(model, lambda m: train_step(m, im, lmb, device, None), flops, roofline,
-                                        device, args.repeats, name)
+    ceiling = [benchlib.prepared_ceiling(model, lambda m: train_step(m, im, lmb, device, None), flops, roofline, device,
+                                         args.repeats, name)] if args.ceiling else []
     rows = benchlib.path_rows(model, lambda m, amp: train_step(m, im, lmb, device, amp, args.adam), flops, roofline,
                               args, device, model=name, batch_size=args.batch_size, crop=args.crop, adam=args.adam)
     for r in rows:
@@ -90,18 +89,17 @@ def main():
     for name in args.models:
         model_rows, ceiling = bench_model(name, args, device, roofline)
         rows += model_rows
-        ceilings.append(ceiling)
+        ceilings += ceiling
     loader_rows = bench_loader(args, device)
     roofline.measure()
     for r in rows:  # against the best roofline seen in the run
         r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
+    sections = [('Training step', rows, benchlib.with_mfu(COLUMNS, device))]
+    if ceilings:
+        sections.append(benchlib.ceiling_section(ceilings, roofline))
+    sections.append(('Data loading alone', loader_rows, DATA_COLUMNS))
     benchlib.report(f'Training step (batch {args.batch_size}, {args.crop}x{args.crop}, forward + backward'
-                    + (' + Adam)' if args.adam else ')'),
-                    [('Training step', rows, benchlib.with_mfu(COLUMNS, device)),
-                     benchlib.ceiling_section(ceilings, roofline),
-                     ('Data loading alone', loader_rows, DATA_COLUMNS)],
-                    benchlib.machine(device, args), roofline, args.json)
-
+                    + (' + Adam)' if args.adam else ')'), sections, benchlib.machine(device, args), roofline, args.json)
 
 if __name__ == '__main__':
     main()

@@ -39,7 +39,8 @@ def base_parser(description):
     p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (0: torch\'s choice)')
     p.add_argument('--repeats', type=int, default=3, help='timed rounds (the best is reported)')
     p.add_argument('--amp', choices=('bf16',), default=None, help='also time a bf16 autocast row')
-    p.add_argument('--compile', action='store_true', help='also time a torch.compile row')
+    p.add_argument('--compile', action='store_true', help='also time a row with compiled blocks')
+    p.add_argument('--ceiling', action='store_true', help="also time the prepared path's matmuls alone")
     p.add_argument('--json', default=None, help='write the results here')
     p.add_argument('--glibc-malloc', action='store_true', help="keep glibc's default malloc on CPU (mmap and "
                    'unmap every large tensor) instead of lvae.memory.reuse_freed_memory()')

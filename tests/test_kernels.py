@@ -1,10 +1,9 @@
-"""lvae.kernels: the CPU weight gradient of the depthwise convolution and its forward fused with LayerNorm,
-against ATen's; the build (per ISA level) and its fallback."""
+"""lvae.kernels: the CPU weight gradient of the depthwise convolution against ATen's, its use in the prepared
+blocks, the build (per ISA level) and its fallback."""
 import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torch.utils.cpp_extension
 
 import lvae
@@ -14,11 +13,11 @@ from test_fast_paths import block_outputs, block_pair
 
 @pytest.fixture(scope='module')
 def built():
-    """The kernels, built; skipped where they cannot be (no g++ or ninja), except in CI, where that fails."""
+    """The kernel, built; skipped where it cannot be (no g++ or ninja), except in CI, where that fails."""
     if not kernels.available():
         if os.environ.get('CI'):
-            pytest.fail('the CPU kernels did not build (see the warning above); CI must run them')
-        pytest.skip('the CPU kernels could not be built here (no g++ or ninja); the blocks use the reference path')
+            pytest.fail('the CPU kernel did not build (see the warning above); CI must run it')
+        pytest.skip("the CPU kernel could not be built here (no g++ or ninja); the blocks use oneDNN's gradient")
 
 
 def aten_weight_grad(x, g, w):
@@ -59,20 +58,7 @@ def test_the_weight_gradient_kernel_stays_out_of_inference(built, monkeypatch):
         fast(torch.randn(1, 32, 8, 8).contiguous(memory_format=torch.channels_last), torch.randn(1, 8))
 
 
-@pytest.mark.parametrize('shape', [(1, 16, 5, 3), (2, 32, 9, 23), (1, 48, 12, 31), (3, 64, 16, 14)])
-def test_conv_layer_norm_matches_aten(built, shape):
-    """Images narrower and shorter than the kernel; rows of 23 and 31 columns (14-, 4- and 1-column tiles, at
-    the edges and inside); several images."""
-    torch.manual_seed(0)
-    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
-    w, b = torch.randn(shape[1], 1, 7, 7) * 0.2, torch.randn(shape[1])
-    ref = F.layer_norm(F.conv2d(x, w, b, padding=3, groups=shape[1]).permute(0, 2, 3, 1), (shape[1],), eps=1e-6)
-    out = kernels.depthwise_conv_layer_norm(x, w, b, 1e-6)
-    assert out.shape == ref.shape and out.is_contiguous()
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)  # outputs of unit scale
-
-
-def test_a_model_trains_where_the_kernels_are_off(monkeypatch):
+def test_a_prepared_model_trains_where_the_kernel_is_off(monkeypatch):
     monkeypatch.setattr(kernels, '_module', None)
     monkeypatch.setattr(kernels, '_failed', False)
     monkeypatch.setenv('LVAE_CPU_KERNELS', '0')
@@ -82,14 +68,14 @@ def test_a_model_trains_where_the_kernels_are_off(monkeypatch):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_a_failed_build_warns_once_and_leaves_the_reference_path(monkeypatch):
+def test_a_failed_build_warns_once_and_leaves_onednns_gradient(monkeypatch):
     def no_compiler(*args, **kwargs):
         raise RuntimeError('Ninja is required to load C++ extensions')
     monkeypatch.setattr(torch.utils.cpp_extension, 'load_inline', no_compiler)
     monkeypatch.setattr(kernels, '_module', None)
     monkeypatch.setattr(kernels, '_failed', False)
     monkeypatch.delenv('LVAE_CPU_KERNELS', raising=False)
-    with pytest.warns(UserWarning, match='could not build the CPU depthwise-convolution kernels.*Ninja is required'):
+    with pytest.warns(UserWarning, match='could not build the CPU depthwise-convolution kernel.*Ninja is required'):
         assert kernels.available() is False
     assert kernels.available() is False  # no second attempt, no second warning
 

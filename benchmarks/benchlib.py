@@ -255,7 +255,7 @@ def prepared_ceiling(model, make_run, flops, roofline, device, repeats, name):
 
 def ceiling_section(rows, roofline):
     """The report section of :func:`default_path_ceiling` rows, re-rated against the run's best roofline."""
-    return ("Matmuls alone (the fp32 default path's matmuls replayed on their own)",
+    return ("Matmuls alone (the prepared path's fp32 matmuls replayed on their own)",
             [rate_ceiling(r, roofline) for r in rows], CEILING_COLUMNS)
 
 
@@ -328,12 +328,12 @@ def enter_path(model, device, path):
     return model
 
 
-def path_rows(model, make_run, flops, roofline, args, device, **fields):
-    """Rows of the compared paths timed in turns (:func:`time_interleaved`; fp32, TF32 off), then, on the
-    prepared model, one row each (not in turns) on a GPU with TF32, with bf16 autocast when ``args.amp``, and with
-    compiled blocks (under ``args.amp`` when given) when ``args.compile``. ``make_run(model, amp)`` builds the
+def path_rows(vae, make_run, flops, roofline, args, device, **fields):
+    """Rows of ``vae`` on the compared paths timed in turns (:func:`time_interleaved`; fp32, TF32 off), then,
+    prepared, one row each (not in turns) on a GPU with TF32, with bf16 autocast when ``args.amp``, and with
+    compiled blocks (under ``args.amp`` when given) when ``args.compile``. ``make_run(vae, amp)`` builds the
     timed call; every row has its ``speedup`` over the reference in NCHW."""
-    paths = {p: (lambda p=p: enter_path(model, device, p), make_run(model, None))
+    paths = {p: (lambda p=p: enter_path(vae, device, p), make_run(vae, None))
              for p in (REFERENCE_NCHW, REFERENCE_CHANNELS_LAST, PREPARED)}
     rows = [row(seconds, flops, roofline, variant=name, **fields)
             for name, seconds in time_interleaved(paths, device, args.repeats).items()]
@@ -343,9 +343,9 @@ def path_rows(model, make_run, flops, roofline, args, device, **fields):
     if args.compile:
         extra.append(('compile' + (f' + amp {args.amp}' if args.amp else ''), args.amp or 'fp32', args.amp, True))
     for name, precision, amp, compile in extra:
-        accel.prepare(model, device, compile=compile)
+        accel.prepare(vae, device, compile=compile)
         with tf32(precision == 'tf32'):
-            seconds = time_it(make_run(model, amp), device, args.repeats)
+            seconds = time_it(make_run(vae, amp), device, args.repeats)
         rows.append(row(seconds, flops, roofline, precision, variant=f'{PREPARED} + {name}', **fields))
     for r in rows:
         r['speedup'] = rows[0]['seconds'] / r['seconds']

@@ -229,7 +229,7 @@ class VariableRateLossyVAE(nn.Module):
     # ---------------------------------------------------------------- forward
     def _decode(self, emb, bhw, enc_features=None, latents=None, t=1.0, get_latents=False, noise=None):
         nB, nH, nW = bhw
-        feature = self.bias.expand(nB, -1, nH, nW)
+        feature = self.bias.expand(nB, -1, nH, nW).contiguous()  # a tensor of its own, not a view of the parameter
         stats_all = []
         for block in self.dec_blocks:
             if isinstance(block, LatentVariableBlock):

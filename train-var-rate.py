@@ -40,13 +40,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import lvae
+from lvae import accel
 from lvae.bdrate import DEFAULT_ANCHOR, bd_rate, resolve_anchor
 from lvae.checkpoint import load_file, load_weights, save_checkpoint
 from lvae.cli import parse_model_args
 from lvae.data import ImageFolderCrops, parse_transform
 from lvae.evaluation import evaluate_bound, lambda_grid, resolve_images
 from lvae.images import check_images
-from lvae.layers import preferred_memory_format
 from lvae.memory import reuse_freed_memory
 from lvae.models.rd.model import VariableRateLossyVAE
 from lvae.paths import dataset_name
@@ -366,12 +366,9 @@ def init_device(args, procs):
 
 
 def prepare_model(model, device, args):
-    """Move the model to ``device`` in its preferred memory format and compile its blocks with --compile (in
-    place: checkpoints and EMA keep plain state-dict keys). Returns the model."""
-    model.to(device, memory_format=preferred_memory_format(device)).train()
-    if args.compile:
-        model.compile_blocks()
-    return model
+    """The model on ``device`` in its fastest faithful form (:func:`lvae.accel.prepare`, in place: checkpoints
+    and EMA keep plain state-dict keys), its ConvNeXt blocks compiled with --compile, in training mode."""
+    return accel.prepare(model, device, compile=args.compile).train()
 
 
 # ------------------------------------------------------------------------------------------------ state

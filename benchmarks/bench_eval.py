@@ -1,21 +1,24 @@
-"""Evaluation throughput: ``forward_end2end`` of one image under inference mode, per model and fast path,
-in megapixels x lambdas per second with its FLOP rate and ratio to the same-run matmul roofline; and one
-image at 16 lambdas, batched as ``evaluate_bound`` does (``lmb_batch='auto'``) and all in one forward
-(``lmb_batch=16``), against 16 single-lambda forwards, with the largest difference between their results.
+"""Evaluation throughput: ``forward_end2end`` of one image under inference mode, per model, for the reference
+model in NCHW and in channels_last and the model ``lvae.accel.prepare`` makes (timed in turns in one process),
+in megapixels x lambdas per second with its FLOP rate, its ratio to the same-run matmul roofline and its
+speedup over the reference in NCHW. With ``--lambdas 16``, also one image at 16 lambdas, batched as
+``evaluate_bound`` does (``lmb_batch='auto'``) and all in one forward, against 16 single-lambda forwards.
 
-    python benchmarks/bench_eval.py --threads 2 --json benchmarks/results/eval.json
+    python benchmarks/bench_eval.py --json benchmarks/results/eval.json
 """
 import numpy as np
 import torch
 
 import benchlib
 import lvae
-from lvae.evaluation import _BatchSizer, _seed, bound_of_image, compile_for_eval, lambda_grid, tf32
+from lvae import accel
+from lvae.evaluation import _BatchSizer, _seed, bound_of_image, lambda_grid, tf32
 from lvae.images import load_image
 
 COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'forward (s)', '.3f'),
            ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'), ('gflop', 'GFLOP/forward', '.0f'),
-           ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f')]
+           ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f'),
+           ('speedup', 'x reference nchw', '.2f')]
 BATCH_COLUMNS = [('model', 'model', 's'), ('lambdas', 'lambdas', 'd'), ('single_s', '1 per forward (s)', '.2f'),
                  ('lmb_batch', 'lmb_batch', 's'), ('per_forward', 'lambdas/forward', 'd'),
                  ('batched_s', 'batched (s)', '.2f'),
@@ -32,37 +35,24 @@ def forward(model, im, lmb, device, amp):
     return run
 
 
-def compiled(model):
-    """``model`` with its ConvNeXt blocks compiled in place (they stay eager, with a warning, if that fails)."""
-    compile_for_eval(model)
-    return model
-
-
 def bench_model(name, im, args, device, roofline):
     model = lvae.get_model(name).to(device).eval()
     lmb = torch.tensor([64.0], device=device)
     flops = benchlib.count_flops(forward(model, im, lmb, device, None))
-    mpix = im.shape[2] * im.shape[3] / 1e6
-    rows = []
-
-    def add_row(variant, run, precision):
-        rows.append(benchlib.measure(run, flops, roofline, device, args.repeats, precision, model=name,
-                                     variant=variant, height=im.shape[2], width=im.shape[3]))
-        rows[-1]['mpix_lmb_per_s'] = mpix / rows[-1]['seconds']
-        columns = benchlib.with_mfu(COLUMNS, device)
-        print(benchlib.markdown_table(rows[-1:], columns).splitlines()[-1], flush=True)
-
-    ceiling = benchlib.default_path_ceiling(model, lambda m: forward(m, im, lmb, device, None), flops, roofline,
-                                            device, args.repeats, name, inference=True)
-    benchlib.variant_rows(model, lambda m, amp: forward(m, im, lmb, device, amp), add_row, args, device, compiled,
-                          inference=True)
-    return model, flops, rows, ceiling
+    ceiling = [benchlib.prepared_ceiling(model, lambda m: forward(m, im, lmb, device, None), flops, roofline, device,
+                                         args.repeats, name)] if args.ceiling else []
+    rows = benchlib.path_rows(model, lambda m, amp: forward(m, im, lmb, device, amp), flops, roofline, args, device,
+                              model=name, height=im.shape[2], width=im.shape[3])
+    for r in rows:
+        r['mpix_lmb_per_s'] = im.shape[2] * im.shape[3] / 1e6 / r['seconds']
+    print(benchlib.markdown_table(rows, benchlib.with_mfu(COLUMNS, device)), flush=True)
+    return accel.prepare(model, device), flops, rows, ceiling
 
 
 def bench_lambda_batching(name, model, flops, im, args, device, roofline):
     """16 lambdas of one image: one forward per lambda vs ``lmb_batch='auto'`` (what evaluate_bound does) and vs
     all in one forward (same seeds, so the same draws). One row per batched mode. ``model`` is in the device's
-    preferred memory format, as :func:`bench_model` leaves it (and evaluate_bound runs it)."""
+    prepared form, as :func:`bench_model` leaves it (and evaluate_bound runs it)."""
     lambdas = lambda_grid(model.config.lmb_range, args.lambdas)
     seeds = [_seed(0, 0, 0, j) for j in range(len(lambdas))]
     pixels = im.shape[2] * im.shape[3]
@@ -91,7 +81,7 @@ def bench_lambda_batching(name, model, flops, im, args, device, roofline):
 def main():
     p = benchlib.base_parser(__doc__.splitlines()[0])
     p.add_argument('--image', default='../shared/datasets/kodak/kodim01.png', help='a Kodak-sized image (768x512)')
-    p.add_argument('--lambdas', type=int, default=16)
+    p.add_argument('--lambdas', type=int, default=0, help='also time one image at this many lambdas, batched')
     p.add_argument('--lambda_repeats', type=int, default=1, help='timed repeats of the 16-lambda comparison')
     args = p.parse_args()
     device = benchlib.setup(args)
@@ -101,21 +91,23 @@ def main():
     for name in args.models:
         model, flops, model_rows, ceiling = bench_model(name, im, args, device, roofline)
         rows += model_rows
-        ceilings.append(ceiling)
-        batch_rows += bench_lambda_batching(name, model, flops, im, args, device, roofline)
-        print('\n'.join(benchlib.markdown_table(batch_rows[-2:], BATCH_COLUMNS[:-1]).splitlines()[2:]), flush=True)
+        ceilings += ceiling
+        if args.lambdas:
+            batch_rows += bench_lambda_batching(name, model, flops, im, args, device, roofline)
+            print('\n'.join(benchlib.markdown_table(batch_rows[-2:], BATCH_COLUMNS[:-1]).splitlines()[2:]), flush=True)
     roofline.measure()
     for r in rows:
         r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
     for r in batch_rows:
         r['batched_roofline_ratio'] = roofline.ratio(r['batched_gflop_per_s'] * 1e9)
     h, w = im.shape[2:]
-    benchlib.report(f'Evaluation (forward_end2end, one {w}x{h} image, inference mode)',
-                    [('Forward', rows, benchlib.with_mfu(COLUMNS, device)),
-                     benchlib.ceiling_section(ceilings, roofline),
-                     (f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS)],
+    sections = [('Forward', rows, benchlib.with_mfu(COLUMNS, device))]
+    if ceilings:
+        sections.append(benchlib.ceiling_section(ceilings, roofline))
+    if batch_rows:
+        sections.append((f'{args.lambdas} lambdas of one image', batch_rows, BATCH_COLUMNS))
+    benchlib.report(f'Evaluation (forward_end2end, one {w}x{h} image, inference mode)', sections,
                     benchlib.machine(device, args), roofline, args.json)
-
 
 if __name__ == '__main__':
     main()

@@ -1,8 +1,10 @@
 """Training throughput: one step = ``model(im, lmb=...)`` then ``loss.backward()`` on a batch of random crops,
-per model and fast path, with its FLOP rate and ratio to the same-run matmul roofline; and the data loader
-alone (train-var-rate.py's DataLoader settings over an image folder), in images/s.
+per model, for the reference model in NCHW and in channels_last and the model ``lvae.accel.prepare`` makes
+(timed in turns in one process), with its FLOP rate, its ratio to the same-run matmul roofline and its speedup
+over the reference in NCHW; and the data loader alone (train-var-rate.py's DataLoader settings over an image
+folder), in images/s.
 
-    python benchmarks/bench_train.py --threads 2 --json benchmarks/results/train.json
+    python benchmarks/bench_train.py --json benchmarks/results/train.json
 """
 import itertools
 import os
@@ -17,15 +19,15 @@ from lvae.data import ImageFolderCrops
 
 COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'step (s)', '.3f'),
            ('images_per_s', 'images/s', '.2f'), ('gflop', 'GFLOP/step', '.0f'),
-           ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f')]
+           ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f'),
+           ('speedup', 'x reference nchw', '.2f')]
 DATA_COLUMNS = [('folder', 'folder', 's'), ('workers', 'workers', 'd'), ('batch_size', 'batch', 'd'),
                 ('crop', 'crop', 'd'), ('images_per_s', 'images/s', '.1f')]
 
 
 def train_step(model, im, lmb, device, amp, adam=False):
     """One step: forward, backward and, with ``adam``, Adam's update (fused on CUDA, as train-var-rate.py; lr 0:
-    the weights stay put, so every row times the same model, while Adam still does all its work). Adam is
-    made here, after the row has set the parameters' memory format: its state takes their layout."""
+    the weights stay put, so every row times the same model, while Adam still does all its work)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=0.0, fused=device.type == 'cuda') if adam else None
 
     def step():
@@ -43,20 +45,13 @@ def bench_model(name, args, device, roofline):
     im = torch.rand(args.batch_size, 3, args.crop, args.crop, device=device)
     lmb = torch.tensor(model.default_lambdas(args.batch_size), device=device)  # fixed: comparable rows
     flops = benchlib.count_flops(train_step(model, im, lmb, device, None))  # the model's; Adam's are negligible
-    rows = []
-
-    def add_row(variant, step, precision):
-        rows.append(benchlib.measure(step, flops, roofline, device, args.repeats, precision, model=name,
-                                     variant=variant, batch_size=args.batch_size, crop=args.crop,
-                                     adam=args.adam))
-        rows[-1]['images_per_s'] = args.batch_size / rows[-1]['seconds']
-        columns = benchlib.with_mfu(COLUMNS, device)
-        print(benchlib.markdown_table(rows[-1:], columns).splitlines()[-1], flush=True)
-
-    ceiling = benchlib.default_path_ceiling(model, lambda m: train_step(m, im, lmb, device, None), flops, roofline,
-                                            device, args.repeats, name)
-    benchlib.variant_rows(model, lambda m, amp: train_step(m, im, lmb, device, amp, args.adam), add_row, args,
-                          device, lambda m: m.compile_blocks())  # as train-var-rate.py --compile
+    ceiling = [benchlib.prepared_ceiling(model, lambda m: train_step(m, im, lmb, device, None), flops, roofline, device,
+                                         args.repeats, name)] if args.ceiling else []
+    rows = benchlib.path_rows(model, lambda m, amp: train_step(m, im, lmb, device, amp, args.adam), flops, roofline,
+                              args, device, model=name, batch_size=args.batch_size, crop=args.crop, adam=args.adam)
+    for r in rows:
+        r['images_per_s'] = args.batch_size / r['seconds']
+    print(benchlib.markdown_table(rows, benchlib.with_mfu(COLUMNS, device)), flush=True)
     return rows, ceiling
 
 
@@ -94,18 +89,17 @@ def main():
     for name in args.models:
         model_rows, ceiling = bench_model(name, args, device, roofline)
         rows += model_rows
-        ceilings.append(ceiling)
+        ceilings += ceiling
     loader_rows = bench_loader(args, device)
     roofline.measure()
     for r in rows:  # against the best roofline seen in the run
         r['roofline_ratio'] = roofline.ratio(r['gflop_per_s'] * 1e9, r['precision'])
+    sections = [('Training step', rows, benchlib.with_mfu(COLUMNS, device))]
+    if ceilings:
+        sections.append(benchlib.ceiling_section(ceilings, roofline))
+    sections.append(('Data loading alone', loader_rows, DATA_COLUMNS))
     benchlib.report(f'Training step (batch {args.batch_size}, {args.crop}x{args.crop}, forward + backward'
-                    + (' + Adam)' if args.adam else ')'),
-                    [('Training step', rows, benchlib.with_mfu(COLUMNS, device)),
-                     benchlib.ceiling_section(ceilings, roofline),
-                     ('Data loading alone', loader_rows, DATA_COLUMNS)],
-                    benchlib.machine(device, args), roofline, args.json)
-
+                    + (' + Adam)' if args.adam else ')'), sections, benchlib.machine(device, args), roofline, args.json)
 
 if __name__ == '__main__':
     main()

@@ -2,9 +2,7 @@
 markdown table / JSON output. Run the scripts from the repository root (``python benchmarks/bench_train.py``).
 """
 import argparse
-import contextlib
 import json
-import math
 import os
 import platform
 import statistics
@@ -20,8 +18,8 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
 
+from lvae import accel  # noqa: E402
 from lvae.evaluation import tf32  # noqa: E402
-from lvae.layers import preferred_memory_format  # noqa: E402
 from lvae.memory import reuse_freed_memory  # noqa: E402
 
 # The roofline is the rate of one dense N x N matmul: N = 2048 on a CPU, 8192 on a GPU (2048 is too small
@@ -36,12 +34,13 @@ BF16_PEAK = {'H200': 989.4e12, 'H100 PCIe': 756.5e12, 'H100': 989.4e12, 'A100': 
 def base_parser(description):
     """Flags every benchmark takes: models, device, threads, repeats, --json."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument('--models', nargs='+', default=['rd_model_base', 'rd_model_small'])
+    p.add_argument('--models', nargs='+', default=['rd_model_base'])
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch\'s choice)')
-    p.add_argument('--repeats', type=int, default=3, help='timed repeats per row (the best is reported)')
+    p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (0: torch\'s choice)')
+    p.add_argument('--repeats', type=int, default=3, help='timed rounds (the best is reported)')
     p.add_argument('--amp', choices=('bf16',), default=None, help='also time a bf16 autocast row')
-    p.add_argument('--compile', action='store_true', help='also time a torch.compile row')
+    p.add_argument('--compile', action='store_true', help='also time a row with compiled blocks')
+    p.add_argument('--ceiling', action='store_true', help="also time the prepared path's matmuls alone")
     p.add_argument('--json', default=None, help='write the results here')
     p.add_argument('--glibc-malloc', action='store_true', help="keep glibc's default malloc on CPU (mmap and "
                    'unmap every large tensor) instead of lvae.memory.reuse_freed_memory()')
@@ -92,6 +91,23 @@ def time_it(fn, device, repeats, warmup=1):
         synchronize(device)
         times.append(time.perf_counter() - t)
     return min(times), statistics.median(times)
+
+
+def time_interleaved(paths, device, repeats, warmup=1):
+    """Seconds per call of each path, timed in turns: ``paths`` maps a name to ``(enter, run)``; each round calls
+    ``enter()`` (untimed) then ``run()`` (timed) for every path, so that a slow spell of a shared machine hits
+    all alike. ``warmup`` untimed rounds first. Returns {name: (best, median)} over ``repeats`` rounds."""
+    times = {name: [] for name in paths}
+    for i in range(warmup + repeats):
+        for name, (enter, run) in paths.items():
+            enter()
+            synchronize(device)
+            t = time.perf_counter()
+            run()
+            synchronize(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 
 PRECISIONS = {'fp32': (torch.float32, False), 'tf32': (torch.float32, True), 'bf16': (torch.bfloat16, False)}
@@ -153,19 +169,12 @@ def _addmm_inplace_flop(_self_shape, a_shape, b_shape, *args, out_shape=None, **
     return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
 
-def _onednn_linear_flop(x_shape, *args, out_shape=None, **kwargs):
-    """FLOPs of oneDNN's fused linears (``mkldnn._linear_pointwise``, plain and ``.binary``): those of the matmul,
-    (..., k) -> (..., n); the fused GELU or addition is not counted, as for ``addmm``'s bias."""
-    return 2 * math.prod(out_shape) * x_shape[-1]
-
-
 def count_flops(fn):
     """FLOPs of one call of ``fn()`` (forward and, when ``fn`` calls it, backward), as counted by
     ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, depthwise included), with
-    :func:`_conv_backward_flop` for convolution backward, and in-place ``addmm_`` and oneDNN's fused linears
-    (which torch does not count) counted as ``addmm``."""
-    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop, torch.ops.aten.addmm_: _addmm_inplace_flop,
-               torch.ops.mkldnn._linear_pointwise: _onednn_linear_flop}
+    :func:`_conv_backward_flop` for convolution backward, and in-place ``addmm_`` (which torch does not count)
+    counted as ``addmm``."""
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop, torch.ops.aten.addmm_: _addmm_inplace_flop}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops()
@@ -173,7 +182,7 @@ def count_flops(fn):
 
 _aten = torch.ops.aten
 MATMULS = (_aten.mm.default, _aten.bmm.default, _aten.addmm.default, _aten.addmm_.default, _aten.baddbmm.default,
-           _aten.linear.default, torch.ops.mkldnn._linear_pointwise.default, torch.ops.mkldnn._linear_pointwise.binary)
+           _aten.linear.default)
 CEILING_COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('calls', 'matmul calls', 'd'),
                    ('matmul_gflop', 'matmul GFLOP', '.0f'), ('matmul_share', 'share of FLOPs', '.2f'),
                    ('matmul_seconds', 'matmuls alone (s)', '.3f'), ('matmul_ratio', 'matmuls x roofline', '.2f'),
@@ -235,19 +244,18 @@ def rate_ceiling(row, roofline):
     return row
 
 
-def default_path_ceiling(model, make_run, flops, roofline, device, repeats, name, inference=False):
-    """:func:`matmul_ceiling` of ``make_run(model)`` on the path the scripts run (``model`` converted in place
-    to the device's preferred memory format, AdaLN fold on); prints the row and returns it."""
-    model.to(memory_format=preferred_memory_format(device))
-    row = matmul_ceiling(make_run(model), flops, roofline, device, repeats, model=name,
-                         variant=default_path(device, inference))
+def prepared_ceiling(model, make_run, flops, roofline, device, repeats, name):
+    """:func:`matmul_ceiling` of ``make_run(model)`` with the model prepared (``lvae.accel.prepare``), what the
+    scripts run; prints the row and returns it."""
+    accel.prepare(model, device)
+    row = matmul_ceiling(make_run(model), flops, roofline, device, repeats, model=name, variant=PREPARED)
     print(markdown_table([row], CEILING_COLUMNS).splitlines()[-1], flush=True)
     return row
 
 
 def ceiling_section(rows, roofline):
     """The report section of :func:`default_path_ceiling` rows, re-rated against the run's best roofline."""
-    return ("Matmuls alone (the fp32 default path's matmuls replayed on their own)",
+    return ("Matmuls alone (the prepared path's fp32 matmuls replayed on their own)",
             [rate_ceiling(r, roofline) for r in rows], CEILING_COLUMNS)
 
 
@@ -295,68 +303,50 @@ def autocast(device, amp):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16')
 
 
-def measure(run, flops, roofline, device, repeats, precision='fp32', **fields):
-    """Time ``run()`` (best and median of ``repeats``) -> a result row: ``fields`` plus ``seconds``,
-    ``median_s``, ``gflop``, ``gflop_per_s``, ``roofline_ratio`` (against the roofline of ``precision``) and
-    ``mfu`` (against the datasheet bf16 peak, GPUs only)."""
-    with tf32(precision == 'tf32'):
-        best, median = time_it(run, device, repeats)
+def row(seconds, flops, roofline, precision='fp32', **fields):
+    """A result row from ``(best, median)`` seconds: ``fields`` plus ``seconds``, ``median_s``, ``gflop``,
+    ``gflop_per_s``, ``roofline_ratio`` (against the roofline of ``precision``) and ``mfu`` (against the
+    datasheet bf16 peak, GPUs only)."""
+    best, median = seconds
     rate = flops / best
     return {**fields, 'seconds': best, 'median_s': median, 'gflop': flops / 1e9, 'gflop_per_s': rate / 1e9,
             'roofline_ratio': roofline.ratio(rate, precision), 'mfu': roofline.mfu(rate), 'precision': precision}
 
 
-def variant_rows(model, make_run, add_row, args, device, compiled, inference=False):
-    """``add_row(name, run, precision)`` for each fast-path variant of :data:`VARIANTS` (fp32, TF32 off; the
-    fused row only for an ``inference`` call on a CPU, the only place where it differs from the fold), then,
-    in the device's preferred memory format (what the scripts run), on a GPU with TF32, with bf16 autocast
-    when ``args.amp``, and ``compiled(model)`` (under ``args.amp`` when given) when ``args.compile``;
-    ``make_run(model, amp)`` builds the timed call."""
-    for name, memory_format, fold, fused in VARIANTS:
-        if fused and not (inference and device.type == 'cpu'):
-            continue
-        with variant(model, device, memory_format, fold, fused) as m:
-            add_row(name, make_run(m, None), 'fp32')
-    model.to(memory_format=preferred_memory_format(device))
-    name = layout_name(device)
-    if device.type == 'cuda':
-        add_row(f'{name} + tf32', make_run(model, None), 'tf32')
+REFERENCE_NCHW, REFERENCE_CHANNELS_LAST, PREPARED = 'reference, nchw', 'reference, channels_last', 'lvae.accel.prepare'
+
+
+def enter_path(model, device, path):
+    """Put ``model`` (in place) on ``device`` in one of the compared forms: the reference model in NCHW or in
+    channels_last, or the model :func:`lvae.accel.prepare` makes for the device."""
+    accel.reference(model)
+    if path == PREPARED:
+        accel.prepare(model, device)
+    else:
+        model.to(device, memory_format=torch.channels_last if path == REFERENCE_CHANNELS_LAST
+                 else torch.contiguous_format)
+    return model
+
+
+def path_rows(vae, make_run, flops, roofline, args, device, **fields):
+    """Rows of ``vae`` on the compared paths timed in turns (:func:`time_interleaved`; fp32, TF32 off), then,
+    prepared, one row each (not in turns) on a GPU with TF32, with bf16 autocast when ``args.amp``, and with
+    compiled blocks (under ``args.amp`` when given) when ``args.compile``. ``make_run(vae, amp)`` builds the
+    timed call; every row has its ``speedup`` over the reference in NCHW."""
+    paths = {p: (lambda p=p: enter_path(vae, device, p), make_run(vae, None))
+             for p in (REFERENCE_NCHW, REFERENCE_CHANNELS_LAST, PREPARED)}
+    rows = [row(seconds, flops, roofline, variant=name, **fields)
+            for name, seconds in time_interleaved(paths, device, args.repeats).items()]
+    extra = [('tf32', 'tf32', None, False)] if device.type == 'cuda' else []
     if args.amp:
-        add_row(f'{name} + amp {args.amp}', make_run(model, args.amp), args.amp)
+        extra.append((f'amp {args.amp}', args.amp, args.amp, False))
     if args.compile:
-        add_row(f'{name} + compile' + (f' + amp {args.amp}' if args.amp else ''),
-                make_run(compiled(model), args.amp), args.amp or 'fp32')
-
-
-VARIANTS = (  # (row name, memory format, AdaLN folded into fc1, the fused kernels of inference on a CPU)
-    ('nchw, unfolded', torch.contiguous_format, False, False),  # the layout of the authors' code
-    ('channels_last, unfolded', torch.channels_last, False, False),
-    ('channels_last + fold', torch.channels_last, True, False),  # what train-var-rate.py runs on a CPU
-    ('channels_last + fold + fused', torch.channels_last, True, True),  # what evaluate_bound runs on a CPU
-)
-
-
-def layout_name(device):
-    """'channels_last' or 'nchw': the memory format the scripts run on ``device``."""
-    return 'channels_last' if preferred_memory_format(device) == torch.channels_last else 'nchw'
-
-
-def default_path(device, inference=False):
-    """The name of the path the scripts run on ``device``: its preferred memory format, AdaLN fold on, and for
-    an ``inference`` call on a CPU, the fused kernels (:data:`lvae.layers.FUSED_INFERENCE`)."""
-    return layout_name(device) + ' + fold' + (' + fused' if inference and device.type == 'cpu' else '')
-
-
-@contextlib.contextmanager
-def variant(model, device, memory_format, fold, fused):
-    """Run ``model`` (converted in place) in ``memory_format``, with the ConvNeXt blocks' AdaLN fold and their
-    fused inference kernels (:data:`lvae.layers.FUSED_INFERENCE`: depthwise convolution + LayerNorm, and oneDNN's
-    fc1 + GELU and fc2 + residual) on or off."""
-    import lvae.layers
-    saved = lvae.layers.FOLD_PIXELS_PER_CHANNEL, lvae.layers.FUSED_INFERENCE
-    lvae.layers.FOLD_PIXELS_PER_CHANNEL = saved[0] if fold else float('inf')
-    lvae.layers.FUSED_INFERENCE = fused
-    try:
-        yield model.to(device, memory_format=memory_format)
-    finally:
-        lvae.layers.FOLD_PIXELS_PER_CHANNEL, lvae.layers.FUSED_INFERENCE = saved
+        extra.append(('compile' + (f' + amp {args.amp}' if args.amp else ''), args.amp or 'fp32', args.amp, True))
+    for name, precision, amp, compile in extra:
+        accel.prepare(vae, device, compile=compile)
+        with tf32(precision == 'tf32'):
+            seconds = time_it(make_run(vae, amp), device, args.repeats)
+        rows.append(row(seconds, flops, roofline, precision, variant=f'{PREPARED} + {name}', **fields))
+    for r in rows:
+        r['speedup'] = rows[0]['seconds'] / r['seconds']
+    return rows

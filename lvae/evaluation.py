@@ -7,19 +7,19 @@ the correct bpp; ``'padded'`` divides by the padded count, as the authors' code 
 whose sides are not multiples of 64, e.g. Tecnick 1200 -> 1216, by about 2-3%).
 """
 import contextlib
+import functools
 import math
 import os
 import time
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lvae import accel
 from lvae.datasets import find_or_download
 from lvae.images import ImageError, check_images, list_images, load_image
-from lvae.layers import preferred_memory_format
 from lvae.models.rd.model import MAX_STRIDE
 from lvae.results import dataset_curves, psnr
 
@@ -94,22 +94,9 @@ def lambda_grid(lmb_range, steps):
 
 
 def compile_for_eval(model, backend='inductor'):
-    """``model.compile_blocks(backend)`` (every ConvNeXt block compiled in place), then check it on one
-    64x64 image. If compiling fails (e.g. no C++ compiler for a CPU build), the blocks are restored, a
-    warning says why, and False is returned: evaluation then runs eagerly with the same results."""
-    model.compile_blocks(backend)
-    device = next(model.parameters()).device
-    try:
-        with torch.inference_mode():
-            model.forward_end2end(torch.full((1, 3, MAX_STRIDE, MAX_STRIDE), 0.5, device=device),
-                                  torch.tensor([float(model.config.lmb_range[0])], device=device))
-    except Exception as e:  # torch's compile errors have no common base class
-        for module in model.modules():
-            module._compiled_call_impl = None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        warnings.warn(f'torch.compile failed ({type(e).__name__}: {first}); evaluating without it')
-        return False
-    return True
+    """``lvae.accel.prepare(model, compile=True, backend=backend)``; returns whether the blocks compiled (if not,
+    a warning said why and evaluation runs eagerly, with the same results)."""
+    return accel.is_compiled(accel.prepare(model, compile=True, backend=backend))
 
 
 def _seed(*parts):
@@ -190,6 +177,16 @@ def outside_range(lambdas, lmb_range):
     return [not low * (1 - 1e-9) <= v <= high * (1 + 1e-9) for v in lambdas]
 
 
+def _leaves_model_as_found(evaluate):
+    """``evaluate(model, ...)`` with the model given back as it came (:func:`lvae.accel.restoring`)."""
+    @functools.wraps(evaluate)
+    def wrapper(model, *args, **kwargs):
+        with accel.restoring(model):
+            return evaluate(model, *args, **kwargs)
+    return wrapper
+
+
+@_leaves_model_as_found
 def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixels='original', samples=1,
                    seed=0, skip_invalid=False, lmb_batch='auto', amp=None, tf32_ok=False, noise='device',
                    progress=True):
@@ -204,8 +201,8 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     ('device', the default: fast) or on CPU generators ('cpu': the same draws on every device).
     lmb_batch: lambdas per forward ('auto' or an int); amp: None (fp32) or 'bf16' (autocast); tf32_ok: let
     CUDA run fp32 matmuls and convolutions in TF32 (default: strict fp32, whatever torch's global flags say).
-    The model is moved to ``device`` and its :func:`~lvae.layers.preferred_memory_format` in place (same
-    numbers).
+    The model runs in its :func:`lvae.accel.prepare` form for ``device`` (same numbers) and is given back as
+    it came: device, memory format, ``training`` flag, blocks.
 
     Returns a dict: ``lambdas``, ``outside_lmb_range`` (a bool per lambda), ``bpp``, ``psnr`` (mean of
     per-image PSNR, the paper's), ``psnr_of_mean_mse`` (per-lambda lists, :mod:`lvae.results`), ``bpp_std``,
@@ -235,7 +232,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     if not paths:
         raise InvalidImagesError(bad) if bad else ValueError('no images to evaluate')
     device = torch.device(device) if device is not None else default_device()
-    model = model.to(device, memory_format=preferred_memory_format(device)).eval()
+    model = accel.prepare(model, device).eval()
     sizer = _BatchSizer(device, lmb_batch)
 
     L, K = len(lambdas), int(samples)

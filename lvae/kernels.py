@@ -1,27 +1,28 @@
-"""CPU kernels for the ConvNeXt blocks' depthwise 7x7 convolution: its weight gradient (training) and, fused
-with the LayerNorm that follows it, its forward (evaluation).
+"""A CPU kernel for the weight gradient of the ConvNeXt blocks' depthwise 7x7 convolution (training).
 
-Weight gradient: oneDNN computes it at about 7 GFLOP/s on a 2-core Xeon (20x slower than the same
-convolution's forward), and it was a quarter of a CPU training step of rd_model_base. The kernel here splits
-the rows of the batch among the threads; each sums into its own accumulators, 16 channels (one vector) at a
-time, over tiles of 14 output columns in which every input vector is loaded once for all 7 taps that use it
-(image edges go through a small zero-padded copy). For C=256 at 4x64x64 it takes 2.5 ms against oneDNN's
-57.5 ms, about what oneDNN's forward takes (2.7 ms). The sum's order depends on the thread count (not on
-anything else), like a parallel reduction's.
-
-Forward + LayerNorm (no autograd): the same tiles, 14 output pixels by all channels at a time, then each
-pixel's LayerNorm while its values are in cache; the convolution's output never goes to memory. On a 2-core
-AMD EPYC it takes 1.7-2x less than oneDNN's convolution and ``layer_norm`` (C=256 at 128x192: 9.5 ms against
-16.8 ms).
+oneDNN computes it at about 7 GFLOP/s on a 2-core Xeon (20x slower than the same convolution's forward), and
+it was a quarter of a CPU training step of rd_model_base. The kernel here splits the rows of the batch among
+the threads; each sums into its own accumulators, 16 channels (one vector) at a time, over tiles of 14 output
+columns in which every input vector is loaded once for all 7 taps that use it (image edges go through a small
+zero-padded copy). For C=256 at 4x64x64 it takes 2.5 ms against oneDNN's 57.5 ms, about what oneDNN's forward
+takes (2.7 ms). The sum's order depends on the thread count (not on anything else), like a parallel
+reduction's.
 
 It is C++, compiled at first use with ``torch.utils.cpp_extension.load_inline`` (g++ and ninja; about 20 s
-on 2 cores, cached in torch's extensions folder). Where that fails, :func:`available` is False, the blocks
-keep the oneDNN path, and one warning says why. ``LVAE_CPU_KERNELS=0`` turns it off.
+on 2 cores, cached in torch's extensions folder). The build targets an ISA level, not the build machine
+(``-march=x86-64-v3`` or ``-v4`` on x86-64, read from /proc/cpuinfo), and the level is part of the extension's
+name and so of its build folder: a home folder shared by different CPUs keeps one build per level, and a CPU
+never loads a build for instructions it lacks. Where the build fails, :func:`available` is False, the blocks
+keep oneDNN's weight gradient, and one warning says why. ``LVAE_CPU_KERNELS=0`` turns it off.
 """
+import contextlib
 import logging
 import os
+import platform
 import sys
 import warnings
+
+import torch
 
 _SOURCE = r'''
 #include <torch/extension.h>
@@ -138,128 +139,81 @@ torch::Tensor depthwise_weight_grad(torch::Tensor x, torch::Tensor g, int64_t k)
         }
     return out;
 }
-
-// acc[q] += sum_kx x[q + kx] * w[kx] for q < XT, 16 channels; x points at the tile's first tap (pixel stride xs).
-template <int XT>
-static inline void conv_tile(v16* acc, const float* x, int64_t xs, const v16* w) {
-#pragma GCC unroll 32
-    for (int j = 0; j < XT + 6; ++j) {
-        const v16 xv = load16(x + j * xs);
-#pragma GCC unroll 8
-        for (int kx = 0; kx < 7; ++kx) {
-            const int q = j - kx;
-            if (q >= 0 && q < XT) acc[q] += xv * w[kx];
-        }
-    }
-}
-
-template <int XT>
-static inline void conv_block(float* out, const float* X, const float* wr, const float* bias, int64_t n, int64_t y,
-                              int64_t x0, int64_t H, int64_t W, int64_t C, int64_t c0, float* pad) {
-    v16 acc[XT];
-    const v16 bv = load16(bias + c0);
-#pragma GCC unroll 16
-    for (int q = 0; q < XT; ++q) acc[q] = bv;
-    const bool inside = x0 >= 3 && x0 + XT + 3 <= W;
-    for (int64_t ky = 0; ky < 7; ++ky) {
-        const int64_t yy = y + ky - 3;
-        if (yy < 0 || yy >= H) continue;
-        const float* xrow = X + (n * H + yy) * W * C + c0;
-        v16 wv[7];
-#pragma GCC unroll 8
-        for (int kx = 0; kx < 7; ++kx) wv[kx] = load16(wr + (ky * 7 + kx) * 16);
-        if (inside) {
-            conv_tile<XT>(acc, xrow + (x0 - 3) * C, C, wv);
-        } else {
-            copy_padded(pad, xrow, x0 - 3, XT + 6, W, C);
-            conv_tile<XT>(acc, pad, 16, wv);
-        }
-    }
-#pragma GCC unroll 16
-    for (int q = 0; q < XT; ++q) store16(out + q * C + c0, acc[q]);
-}
-
-// x: (N, C, H, W) float32 channels_last; weight (C, 1, 7, 7); bias (C,); C a multiple of 16.
-// Returns (N, H, W, C): layer_norm over C (no affine) of the 'same' depthwise 7x7 convolution of x.
-torch::Tensor depthwise_conv_layer_norm(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, double eps) {
-    TORCH_CHECK(x.dtype() == torch::kFloat32 && weight.dtype() == torch::kFloat32 && bias.dtype() == torch::kFloat32,
-                "float32 tensors expected");
-    TORCH_CHECK(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast), "channels_last (N, C, H, W) expected");
-    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-    TORCH_CHECK(C % 16 == 0 && weight.numel() == C * 49 && bias.numel() == C, "C % 16 == 0 and a 7x7 kernel expected");
-    // weights as (C / 16, 7, 7, 16): one vector per tap and channel block
-    auto wr = weight.reshape({C / 16, 16, 49}).transpose(1, 2).contiguous();
-    auto b = bias.contiguous();
-    auto out = torch::empty({N, H, W, C}, x.options());
-    const float* X = x.data_ptr<float>();
-    const float* WR = wr.data_ptr<float>();
-    const float* B = b.data_ptr<float>();
-    float* O = out.data_ptr<float>();
-    const float feps = static_cast<float>(eps);
-    at::parallel_for(0, N * H, 1, [&](int64_t r0, int64_t r1) {
-        float pad[20 * 16];
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t n = r / H, y = r % H;
-            float* orow = O + r * W * C;
-            for (int64_t x0 = 0; x0 < W;) {
-                const int64_t xt = tile_width(x0, W);
-                float* o = orow + x0 * C;
-                for (int64_t c0 = 0; c0 < C; c0 += 16) {
-                    const float* w = WR + c0 * 49;
-                    if (xt == 14) conv_block<14>(o, X, w, B, n, y, x0, H, W, C, c0, pad);
-                    else if (xt == 4) conv_block<4>(o, X, w, B, n, y, x0, H, W, C, c0, pad);
-                    else conv_block<1>(o, X, w, B, n, y, x0, H, W, C, c0, pad);
-                }
-                for (int64_t q = 0; q < xt; ++q) {  // layer norm of each pixel, while its C values are in cache
-                    float* v = o + q * C;
-                    v16 s{};
-                    for (int64_t c = 0; c < C; c += 16) s += load16(v + c);
-                    float mean = 0.f;
-                    for (int i = 0; i < 16; ++i) mean += s[i];
-                    mean /= C;
-                    v16 ss{};
-                    for (int64_t c = 0; c < C; c += 16) { const v16 d = load16(v + c) - mean; ss += d * d; }
-                    float var = 0.f;
-                    for (int i = 0; i < 16; ++i) var += ss[i];
-                    const float rstd = 1.f / std::sqrt(var / C + feps);
-                    for (int64_t c = 0; c < C; c += 16) store16(v + c, (load16(v + c) - mean) * rstd);
-                }
-                x0 += xt;
-            }
-        }
-    });
-    return out;
-}
 '''
 
 _module = None
 _failed = False
+# x86-64 ISA levels (gcc and clang's -march names) and the /proc/cpuinfo flags each needs beyond the one before
+_X86_LEVELS = (('x86-64-v3', {'cx16', 'lahf_lm', 'popcnt', 'sse4_1', 'sse4_2', 'ssse3',  # v2
+                              'avx', 'avx2', 'bmi1', 'bmi2', 'f16c', 'fma', 'abm', 'movbe', 'xsave'}),
+               ('x86-64-v4', {'avx512f', 'avx512bw', 'avx512cd', 'avx512dq', 'avx512vl'}))
+
+
+def _cpu_flags():
+    """The ISA flags of this CPU (/proc/cpuinfo's first ``flags`` line), or an empty set where unknown."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return set(next(line for line in f if line.startswith('flags')).split(':', 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+def isa_level():
+    """The highest x86-64 ISA level this CPU has (``'x86-64-v3'`` or ``'x86-64-v4'``), or None (older x86-64,
+    other architectures, or flags unknown: the build then targets the compiler's default)."""
+    if platform.machine().lower() not in ('x86_64', 'amd64'):
+        return None
+    flags, level, needed = _cpu_flags(), None, set()
+    for name, extra in _X86_LEVELS:
+        needed |= extra
+        if not needed <= flags:
+            break
+        level = name
+    return level
+
+
+@contextlib.contextmanager
+def _logger_level(name, level):
+    """Logger ``name`` at ``level`` inside the block, restored after."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 def available():
-    """True when the kernel is loaded, building it on the first call (once per machine; torch caches the
-    build); False where it cannot be built or ``LVAE_CPU_KERNELS=0``."""
+    """True when the kernel is loaded, building it on the first call (once per ISA level, Python and torch
+    version, in torch's extensions folder); False where it cannot be built or ``LVAE_CPU_KERNELS=0``."""
     global _module, _failed
     if _module is not None or _failed:
         return _module is not None
     if os.environ.get('LVAE_CPU_KERNELS', '1') == '0':
         _failed = True
         return False
-    print('lvae: loading the CPU depthwise-convolution kernels (the first time on a machine, they are built: '
-          'about 20 s)', file=sys.stderr)
-    logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "no CUDA runtime": CPU-only here
-    from torch.utils.cpp_extension import load_inline
+    with _logger_level('torch.utils.cpp_extension', logging.ERROR):  # "no CUDA runtime": CPU-only here
+        from torch.utils.cpp_extension import get_default_build_root, load_inline
+    level = isa_level()
+    name = f"lvae_cpu_kernels_{(level or platform.machine() or 'generic').replace('-', '_')}"
+    # one folder per Python, torch and ISA level (torch's default is per Python and CUDA version only)
+    versions = f'py{sys.version_info[0]}{sys.version_info[1]}_torch{torch.__version__}'
+    folder = os.path.join(os.environ.get('TORCH_EXTENSIONS_DIR') or get_default_build_root(), versions, name)
+    if not os.path.isfile(os.path.join(folder, f'{name}.so')):
+        print(f'lvae: building the CPU depthwise-convolution kernel for {level or platform.machine()} '
+              f'(once: about 20 s)', file=sys.stderr, flush=True)
     try:
-        flags = ['-O3', '-march=native', '-fopenmp']
-        _module = load_inline('lvae_cpu_kernels', cpp_sources=_SOURCE,
-                              functions=['depthwise_weight_grad', 'depthwise_conv_layer_norm'],
-                              extra_cflags=flags, extra_ldflags=['-fopenmp'])
-    except Exception as e:  # no compiler, no ninja, a failed build: the oneDNN path stays
+        flags = ['-O3', '-fopenmp'] + ([f'-march={level}'] if level else [])
+        os.makedirs(folder, exist_ok=True)
+        _module = load_inline(name, cpp_sources=_SOURCE, functions=['depthwise_weight_grad'], extra_cflags=flags,
+                              extra_ldflags=['-fopenmp'], build_directory=folder)
+    except Exception as e:  # no compiler, no ninja, a failed build: oneDNN's gradient stays
         _failed = True
         first = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        warnings.warn(f'lvae: could not build the CPU depthwise-convolution kernels ({type(e).__name__}: '
-                      f'{first}); using oneDNN (slower CPU training and evaluation). Set LVAE_CPU_KERNELS=0 to skip '
-                      f'the attempt.')
+        warnings.warn(f'lvae: could not build the CPU depthwise-convolution kernel ({type(e).__name__}: '
+                      f"{first}); using oneDNN's weight gradient (slower CPU training). Set LVAE_CPU_KERNELS=0 to "
+                      f'skip the attempt.')
     return _module is not None
 
 
@@ -268,9 +222,3 @@ def depthwise_weight_grad(x, grad_out, kernel_size):
     channels_last -> (C, 1, k, k). Call :func:`available` first."""
     return _module.depthwise_weight_grad(x, grad_out, kernel_size)
 
-
-def depthwise_conv_layer_norm(x, weight, bias, eps):
-    """``layer_norm(conv2d(x, weight, bias, padding=3, groups=C).permute(0, 2, 3, 1), (C,), eps=eps)`` in one pass
-    (no autograd): x (N, C, H, W) float32 channels_last, C a multiple of 16, weight (C, 1, 7, 7), bias (C,)
-    -> (N, H, W, C) contiguous. Call :func:`available` first."""
-    return _module.depthwise_conv_layer_norm(x, weight, bias, eps)

@@ -1,4 +1,5 @@
-"""The SPEC's numerical contract: the published key layout and the authors' conformance vector."""
+"""The SPEC's numerical contract: the published key layout and the authors' conformance vectors, on the
+reference model and on the model prepared for the CPU by lvae.accel."""
 import ast
 import os
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 import lvae
+from lvae import accel
 from lvae.models.rd.model import VariableRateLossyVAE
 
 
@@ -14,15 +16,18 @@ def spec(shared_dir):
     return os.path.join(shared_dir, 'spec')
 
 
-@pytest.fixture(scope='module')
-def conformance(spec):
-    return torch.load(os.path.join(spec, 'rd_conformance_small.pt'), weights_only=True)
+@pytest.fixture(scope='module', params=['rd_conformance_small.pt', 'rd_conformance_tiny.pt'])
+def conformance(spec, request):
+    return torch.load(os.path.join(spec, request.param), weights_only=True)
 
 
-@pytest.fixture(scope='module')
-def conformance_model(conformance):
+@pytest.fixture(scope='module', params=['reference', 'prepared'])
+def conformance_model(conformance, request):
+    """The conformance weights in the reference model, and in the model lvae.accel prepares for the CPU."""
     model = VariableRateLossyVAE.from_config(conformance['config'])
     model.load_state_dict(conformance['state_dict'], strict=True)
+    if request.param == 'prepared':
+        accel.prepare(model, 'cpu')
     return model.eval()
 
 
@@ -73,19 +78,3 @@ def test_unconditional_sample_matches_reference(conformance, conformance_model):
     torch.manual_seed(s['seed'])
     image = conformance_model.unconditional_sample(s['lmb'], bhw_repeat=tuple(s['bhw']), t=s['t'])
     torch.testing.assert_close(image, s['image'], rtol=0, atol=1e-4)
-
-
-@pytest.mark.parametrize('index', [0, 1])
-def test_channels_last_gives_the_same_numbers(conformance, conformance_model, index):
-    """The CPU evaluation path: channels_last, AdaLN fold, and the fused inference kernels where they are
-    available (case 0 is one image, whose affine is folded into fc1; case 1 is two)."""
-    case = conformance['cases'][index]
-    model = VariableRateLossyVAE.from_config(conformance['config'])
-    model.load_state_dict(conformance['state_dict'])
-    model = model.eval().to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        torch.manual_seed(case['seed'])
-        x_hat, stats = model.forward_end2end(case['image'], case['lmb'])
-    torch.testing.assert_close(x_hat, case['x_hat'], rtol=0, atol=1e-4)
-    kl = torch.stack([s['kl'].sum(dim=(1, 2, 3)) for s in stats])
-    torch.testing.assert_close(kl, case['kl_per_latent'], rtol=1e-4, atol=0)

@@ -1,19 +1,16 @@
-"""The fast paths compute what the reference path computes: the AdaLN fold of the ConvNeXt block, the fused
-inference kernels, channels_last models, in values and gradients."""
+"""A model prepared by lvae.accel computes what the reference model computes, in values and gradients: the CPU
+ConvNeXt block (AdaLN folded into fc1, gamma into fc2, channels_last), training and inference, one image and
+several, and the compiled blocks."""
 import pytest
 import torch
 
 import lvae
-import lvae.kernels
-import lvae.layers
+from lvae import accel
 from lvae.layers import ConvNeXtBlockAdaLN
 
-NEVER, ALWAYS = float('inf'), 0
 
-
-def block_outputs(block, x, emb, fold, monkeypatch):
-    """Output and gradients (input, embedding, every parameter) of ``block`` with the fold on or off."""
-    monkeypatch.setattr(lvae.layers, 'FOLD_PIXELS_PER_CHANNEL', ALWAYS if fold else NEVER)
+def block_outputs(block, x, emb):
+    """Output and gradients (input, embedding, every parameter) of ``block``."""
     x, emb = x.detach().clone().requires_grad_(), emb.detach().clone().requires_grad_()
     block.zero_grad(set_to_none=True)
     y = block(x, emb)
@@ -21,83 +18,48 @@ def block_outputs(block, x, emb, fold, monkeypatch):
     return [y, x.grad, emb.grad] + [p.grad for p in block.parameters()]
 
 
-@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-def test_adaln_fold_matches_the_reference_block(memory_format, monkeypatch):
+def block_pair(dim=16, memory_format=torch.channels_last):
+    """A reference block with a trained-like branch weight (so that the branch shows in the output) and a CPU
+    block with the same weights."""
     torch.manual_seed(0)
-    block = ConvNeXtBlockAdaLN(16, 8).to(memory_format=memory_format)
+    ref = ConvNeXtBlockAdaLN(dim, 8)
     with torch.no_grad():
-        block.gamma.fill_(0.5)  # a trained-like branch weight, so that the branch shows in the output
-    x = torch.randn(3, 16, 12, 10).contiguous(memory_format=memory_format)
-    emb = torch.randn(3, 8)  # three images with different conditioning
-    ref = block_outputs(block, x, emb, False, monkeypatch)
-    fast = block_outputs(block, x, emb, True, monkeypatch)
-    for a, b in zip(ref, fast):
+        ref.gamma.fill_(0.5)
+    fast = ConvNeXtBlockAdaLN(dim, 8).to(memory_format=memory_format)
+    fast.load_state_dict(ref.state_dict())
+    fast.__class__ = accel.CPUConvNeXtBlock
+    return ref, fast
+
+
+def assert_all_close(actual, expected):
+    for b, a in zip(actual, expected):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
 
 
-def test_the_fold_is_used_at_high_resolution_only(monkeypatch):
-    block = ConvNeXtBlockAdaLN(16, 8)
-    calls = []
-    monkeypatch.setattr(ConvNeXtBlockAdaLN, '_fc1_folded', lambda self, h, shift, scale: calls.append(h.shape)
-                        or self.mlp.fc1(torch.addcmul(shift[:, None, None], h, 1 + scale[:, None, None])))
-    block(torch.randn(1, 16, 4, 4), torch.randn(1, 8))  # 16 pixels < 2 x 16 channels
-    assert calls == []
-    block(torch.randn(1, 16, 8, 4), torch.randn(1, 8))  # 32 pixels
-    assert calls == [(1, 8, 4, 16)]
-
-
-onednn = pytest.mark.skipif(not lvae.layers._onednn_linear_works(), reason="this torch has no oneDNN fused linears")
-
-
-@onednn
+@pytest.mark.parametrize('size', [(4, 4), (12, 10)])  # 16 pixels: AdaLN as a pass; 120 pixels: folded into fc1
 @pytest.mark.parametrize('batch', [1, 3])
-@pytest.mark.parametrize('fold', [False, True])
-def test_fused_inference_path_matches_the_plain_block(batch, fold, monkeypatch):
-    """Without autograd, channels_last blocks run fc1 + GELU and fc2 + residual as oneDNN calls (and, where
-    lvae.kernels builds, the depthwise convolution + LayerNorm as one kernel); they give what the plain ops
-    give, for one image (affine folded into fc1) and several (affine as a pass)."""
-    torch.manual_seed(0)
-    block = ConvNeXtBlockAdaLN(16, 8).to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        block.gamma.fill_(0.5)
-    x = torch.randn(batch, 16, 12, 10).contiguous(memory_format=torch.channels_last)
-    emb = torch.randn(batch, 8)
-    monkeypatch.setattr(lvae.layers, 'FOLD_PIXELS_PER_CHANNEL', ALWAYS if fold else NEVER)
-    calls = []
-    fused = ConvNeXtBlockAdaLN._fc1_gelu_onednn
-    monkeypatch.setattr(ConvNeXtBlockAdaLN, '_fc1_gelu_onednn', lambda *a: calls.append(1) or fused(*a))
+def test_cpu_block_gives_the_reference_values_and_gradients(size, batch):
+    ref, fast = block_pair()
+    x, emb = torch.randn(batch, 16, *size), torch.randn(batch, 8)  # images with different conditioning
+    assert_all_close(block_outputs(fast, x.contiguous(memory_format=torch.channels_last), emb),
+                     block_outputs(ref, x, emb))
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+def test_cpu_block_gives_the_reference_values_without_autograd(batch):
+    ref, fast = block_pair()
+    x, emb = torch.randn(batch, 16, 12, 10), torch.randn(batch, 8)
     with torch.inference_mode():
-        monkeypatch.setattr(lvae.layers, 'FUSED_INFERENCE', False)
-        ref = block(x, emb)
-        assert calls == []
-        monkeypatch.setattr(lvae.layers, 'FUSED_INFERENCE', True)
-        out = block(x, emb)
-        assert calls == [1]
+        out = fast(x.contiguous(memory_format=torch.channels_last), emb)
+        expected = ref(x, emb)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
-def test_the_fused_inference_kernels_stay_out_of_autograd(monkeypatch):
-    """Where autograd records (training), the blocks keep the differentiable path: neither oneDNN's fused
-    linears nor the fused depthwise convolution + LayerNorm kernel (which have no backward) run."""
-    block = ConvNeXtBlockAdaLN(16, 8).to(memory_format=torch.channels_last)
-    calls = []
-    monkeypatch.setattr(ConvNeXtBlockAdaLN, '_fc1_gelu_onednn', lambda *a: calls.append('fc1'))
-    monkeypatch.setattr(lvae.kernels, 'depthwise_conv_layer_norm', lambda *a: calls.append('dwconv'))
-    x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
-    block(x, torch.randn(1, 8)).sum().backward()
-    assert calls == [] and block.mlp.fc1.weight.grad is not None
-
-
-def test_the_onednn_check_leaves_the_global_rng_alone():
-    """The one-time check of oneDNN's fused linears runs inside the first evaluation forward, between posterior
-    draws: it must not draw random numbers of its own."""
-    lvae.layers._onednn_linear_works.cache_clear()
-    torch.manual_seed(0)
-    lvae.layers._onednn_linear_works()
-    after_check = torch.rand(4)
-    torch.manual_seed(0)
-    assert torch.equal(after_check, torch.rand(4))
+def test_cpu_block_takes_nchw_inputs():
+    ref, fast = block_pair(memory_format=torch.contiguous_format)
+    x, emb = torch.randn(2, 16, 12, 10), torch.randn(2, 8)
+    assert_all_close(block_outputs(fast, x, emb), block_outputs(ref, x, emb))
 
 
 def model_outputs(model, im, lmb):
@@ -108,51 +70,67 @@ def model_outputs(model, im, lmb):
     return out, {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize('fold', [False, True])
-def test_channels_last_and_fold_give_the_reference_loss_and_gradients(fold, monkeypatch):
+def assert_same_training_step(model, reference_outputs, im, lmb):
+    ref, ref_grads = reference_outputs
+    out, grads = model_outputs(model, im, lmb)
+    assert out['loss'].item() == pytest.approx(ref['loss'].item(), rel=1e-5)
+    for key in ('bppix', 'psnr'):
+        assert out[key] == pytest.approx(ref[key], rel=1e-5)
+    for key, g in ref_grads.items():
+        # sums over many pixels: compared at float32 rounding of the largest gradient of the tensor
+        torch.testing.assert_close(grads[key], g, rtol=1e-4, atol=1e-5 * g.abs().max().item(), msg=key)
+
+
+def test_prepared_model_gives_the_reference_loss_and_gradients():
     torch.manual_seed(0)
     model = lvae.get_model('rd_model_tiny')
     im, lmb = torch.rand(2, 3, 128, 128), torch.tensor([8.0, 512.0])
-    monkeypatch.setattr(lvae.layers, 'FOLD_PIXELS_PER_CHANNEL', NEVER)
-    ref, ref_grads = model_outputs(model, im, lmb)
-    monkeypatch.setattr(lvae.layers, 'FOLD_PIXELS_PER_CHANNEL', ALWAYS if fold else NEVER)
-    keys = list(model.state_dict())
-    model.to(memory_format=torch.channels_last)
-    out, grads = model_outputs(model, im, lmb)
-    assert list(model.state_dict()) == keys
-    for key in ('loss', 'bppix', 'psnr'):
-        assert float(torch.as_tensor(out[key]).detach()) == pytest.approx(float(torch.as_tensor(ref[key]).detach()),
-                                                                        rel=1e-5)
-    for key, g in ref_grads.items():
-        torch.testing.assert_close(grads[key], g, rtol=1e-4, atol=1e-6 * g.abs().max().item(), msg=key)
+    reference = model_outputs(model, im, lmb)
+    assert_same_training_step(accel.prepare(model, 'cpu'), reference, im, lmb)
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+def test_prepared_model_gives_the_reference_evaluation_forward(batch):
+    torch.manual_seed(0)
+    model = lvae.get_model('rd_model_tiny').eval()
+    im, lmb = torch.rand(batch, 3, 128, 192), torch.linspace(4, 2048, batch)
+
+    def forward():
+        torch.manual_seed(1)
+        with torch.inference_mode():
+            x_hat, stats = model.forward_end2end(im, lmb)
+        return x_hat, model.kl_per_image(stats)
+    x_ref, kl_ref = forward()
+    accel.prepare(model, 'cpu')
+    x_hat, kl = forward()
+    torch.testing.assert_close(x_hat, x_ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(kl, kl_ref, rtol=1e-5, atol=0)
 
 
 def test_compiled_blocks_give_the_reference_loss_and_gradients():
-    """``compile_blocks`` (what train-var-rate.py --compile does), here with the ``aot_eager`` backend: the
-    forward and backward graphs traced, no C++ compiler needed; same loss, gradients and state-dict keys."""
+    """``prepare(..., compile=True)`` (what train-var-rate.py --compile does), here with the ``aot_eager``
+    backend: the forward and backward graphs traced, no C++ compiler needed; same loss and gradients."""
     torch.manual_seed(0)
     model = lvae.get_model('rd_model_tiny')
     im, lmb = torch.rand(2, 3, 64, 64), torch.tensor([8.0, 512.0])
-    ref, ref_grads = model_outputs(model, im, lmb)
+    reference = model_outputs(model, im, lmb)
     keys = list(model.state_dict())
-    assert model.compile_blocks(backend='aot_eager') is model
-    out, grads = model_outputs(model, im, lmb)
+    assert accel.prepare(model, 'cpu', compile=True, backend='aot_eager') is model
+    assert accel.is_compiled(model)
     assert list(model.state_dict()) == keys
-    assert out['loss'].item() == pytest.approx(ref['loss'].item(), rel=1e-5)
-    for key, g in ref_grads.items():
-        torch.testing.assert_close(grads[key], g, rtol=1e-4, atol=1e-6 * g.abs().max().item(), msg=key)
+    assert_same_training_step(model, reference, im, lmb)
+    accel.reference(model)
+    assert not accel.is_compiled(model)
 
 
-def test_preferred_memory_format_is_channels_last_on_cpu_only():
-    assert lvae.layers.preferred_memory_format('cpu') == torch.channels_last
-    assert lvae.layers.preferred_memory_format(torch.device('cuda', 0)) == torch.contiguous_format
-
-
-@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-def test_bf16_autocast_runs_in_both_layouts_near_fp32(memory_format):
-    """--amp bf16 on a CPU (training loss and gradients, and the evaluation forward) in either layout."""
+@pytest.mark.parametrize('prepared', [False, True])
+def test_bf16_autocast_runs_near_fp32(prepared):
+    """--amp bf16 on a CPU (training loss and gradients, and the evaluation forward), reference and prepared
+    (whose blocks take the reference forward under autocast)."""
     torch.manual_seed(0)
-    model = lvae.get_model('rd_model_tiny').to(memory_format=memory_format)
+    model = lvae.get_model('rd_model_tiny')
+    if prepared:
+        accel.prepare(model, 'cpu')
     im, lmb = torch.rand(2, 3, 64, 64), torch.tensor([8.0, 512.0])
     ref, _ = model_outputs(model, im, lmb)
     with torch.autocast('cpu', dtype=torch.bfloat16):

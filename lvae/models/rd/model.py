@@ -229,8 +229,7 @@ class VariableRateLossyVAE(nn.Module):
     # ---------------------------------------------------------------- forward
     def _decode(self, emb, bhw, enc_features=None, latents=None, t=1.0, get_latents=False, noise=None):
         nB, nH, nW = bhw
-        memory_format = torch.channels_last if self._channels_last() else torch.contiguous_format
-        feature = self.bias.expand(nB, -1, nH, nW).contiguous(memory_format=memory_format)
+        feature = self.bias.expand(nB, -1, nH, nW).contiguous()  # a tensor of its own, not a view of the parameter
         stats_all = []
         for block in self.dec_blocks:
             if isinstance(block, LatentVariableBlock):
@@ -244,22 +243,6 @@ class VariableRateLossyVAE(nn.Module):
                 feature = block(feature)
         return feature, stats_all
 
-    def compile_blocks(self, backend='inductor'):
-        """``torch.compile`` every ConvNeXt block in place (``nn.Module.compile``: parameters and state-dict keys
-        unchanged; the latent blocks' sampling between them stays eager). The blocks share one forward, so
-        this compiles one graph per block shape instead of the whole network. Returns the model."""
-        blocks = [m for m in self.modules() if isinstance(m, ConvNeXtBlockAdaLN)]
-        # The blocks share one forward code object: allow one compiled variant per block and input size.
-        dynamo = torch._dynamo.config
-        dynamo.recompile_limit = max(dynamo.recompile_limit, 4 * len(blocks))
-        dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 16 * len(blocks))
-        for block in blocks:
-            block.compile(backend=backend, dynamic=None)
-        return self
-
-    def _channels_last(self):
-        return self.encoder.enc_blocks[0].weight.is_contiguous(memory_format=torch.channels_last)
-
     def forward_end2end(self, im, lmb, get_latents=False, noise=None):
         """Posterior pass: ``x_hat`` (B, 3, H, W) in [-1, 1] and one stats dict per latent (top-down), each
         with ``kl`` (B, Z, h, w) in nats (and ``z`` when ``get_latents``).
@@ -270,8 +253,6 @@ class VariableRateLossyVAE(nn.Module):
         self.check_image(im)
         lmb = self._check_lmb(lmb, im.shape[0])
         emb = self.lmb_embed(lmb)
-        if self._channels_last():
-            im = im.contiguous(memory_format=torch.channels_last)
         enc_features = self.encoder(self.preprocess_input(im), emb)
         bhw = (im.shape[0], im.shape[2] // MAX_STRIDE, im.shape[3] // MAX_STRIDE)
         return self._decode(emb, bhw, enc_features=enc_features, get_latents=get_latents, noise=noise)

@@ -1,0 +1,224 @@
+"""Faster forms of a model's computation, applied to one model explicitly.
+
+The models in :mod:`lvae.layers` and :mod:`lvae.models` are the paper's math, one path (the reference).
+``prepare(model, device)`` converts a model in place to the fastest faithful form that the benchmarks
+(benchmarks/RESULTS.md) found for that device, and :func:`reference` converts it back:
+
+- CPU: parameters and activations in ``torch.channels_last``, and every ConvNeXt block's ``__class__`` set to a
+  subclass (:class:`CPUConvNeXtBlock`) whose forward arranges the same math for a CPU: the AdaLN affine folded
+  into fc1 and ``gamma`` into fc2 (computed at forward time: the weights are never written), the residual
+  added in place, and the depthwise convolution's weight gradient from :mod:`lvae.kernels`.
+- CUDA (and other devices): NCHW and the reference blocks (an H100 ran rd_model_base's fp32 training step 1.34x
+  faster in NCHW than in channels_last).
+- ``compile=True``: every ConvNeXt block (the reference forward) compiled in place with ``torch.compile``.
+
+State-dict keys and values are unchanged in every form; results agree with the reference to float rounding.
+"""
+import contextlib
+import itertools
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from lvae import kernels
+from lvae.layers import ConvNeXtAdaLNPatchDown, ConvNeXtBlockAdaLN
+
+# The ConvNeXt blocks fold AdaLN into fc1 when each image has at least this many pixels per channel (below,
+# the per-image weight copies cost more than the activation pass they save).
+FOLD_PIXELS_PER_CHANNEL = 2
+
+
+class _DepthwiseConvCPU(torch.autograd.Function):
+    """A 'same'-padded depthwise convolution whose weight gradient comes from :mod:`lvae.kernels` (CPU, float32,
+    channels_last); the forward and the input gradient are oneDNN's forward convolutions."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        k = weight.shape[-1]
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # the same convolution with the kernel flipped: oneDNN's forward, 1.3x
+            # faster than its backward-data (C=256 at 4x64x64: 2.7 ms against 3.5)
+            grad_x = F.conv2d(grad, weight.flip(-2, -1), padding=k // 2, groups=x.shape[1])
+        if ctx.needs_input_grad[1]:
+            grad_w = kernels.depthwise_weight_grad(x, grad, k)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b
+
+
+class CPUConvNeXtBlock(ConvNeXtBlockAdaLN):
+    """:class:`~lvae.layers.ConvNeXtBlockAdaLN` arranged for a CPU in float32 channels_last (other inputs, e.g.
+    under autocast, take the reference forward). Set by :func:`prepare`; same parameters and state dict."""
+
+    def forward(self, x, emb):
+        if x.device.type != 'cpu' or x.dtype != torch.float32 or torch.is_autocast_enabled('cpu'):
+            return super().forward(x, emb)
+        x = x.contiguous(memory_format=torch.channels_last)  # a no-op inside a prepared model
+        shift, scale = self.embedding_layer(emb).chunk(2, dim=1)  # (B, C) each
+        h = F.layer_norm(self._conv_dw(x).permute(0, 2, 3, 1), (self.dim,), eps=1e-6)  # (B, H, W, C): a view
+        if h.shape[1] * h.shape[2] >= FOLD_PIXELS_PER_CHANNEL * self.dim:
+            h = self._fc1_folded(h, shift, scale)
+        else:
+            h = self.mlp.fc1(torch.addcmul(shift[:, None, None], h, 1 + scale[:, None, None]))
+        return self._fc2_residual(x, self.mlp.act(h))
+
+    def _conv_dw(self, x):
+        """``conv_dw(x)``; when its weight takes a gradient, with :mod:`lvae.kernels`' weight gradient."""
+        conv = self.conv_dw
+        if torch.is_grad_enabled() and conv.weight.requires_grad and kernels.available():
+            return _DepthwiseConvCPU.apply(x, conv.weight, conv.bias)
+        return conv(x)
+
+    def _fc1_folded(self, h, shift, scale):
+        """``fc1(h * (1 + scale) + shift)`` with the per-image affine folded into fc1's weights, which saves
+        the AdaLN pass over the activations (and its backward): (B, H, W, C) -> (B, H, W, 2C)."""
+        fc1 = self.mlp.fc1
+        # (B, C, 2C), contiguous: bmm's operand as it is, so that its gradient also arrives contiguous (a
+        # transposed one made the weight gradient's reduction over B 28x slower).
+        weight_t = fc1.weight.t() * (1 + scale[:, :, None])
+        bias = torch.addmm(fc1.bias, shift, fc1.weight.t())  # (B, 2C)
+        nb, nh, nw, c = h.shape
+        out = torch.baddbmm(bias[:, None, :], h.reshape(nb, nh * nw, c), weight_t)
+        return out.view(nb, nh, nw, -1)
+
+    def _fc2_residual(self, x, a):
+        """``x + gamma * fc2(a)`` as ``x + gamma b + a (gamma W)^T``: gamma folded into fc2 (no pass for it,
+        forward or backward) and fc2's GEMM accumulated in place. x (B, C, H, W) channels_last, a (B, H, W, 2C)
+        -> (B, C, H, W) channels_last."""
+        fc2, gamma = self.mlp.fc2, self.gamma.view(-1)
+        # x + gamma b as a (B*H*W, C) tensor of its own, not a view: an in-place op on a view would cost
+        # autograd a clone and a copy of its gradient (CopySlices).
+        out = torch.add(x.permute(0, 2, 3, 1).reshape(-1, self.dim), gamma * fc2.bias)
+        out.addmm_(a.reshape(-1, a.shape[-1]), (fc2.weight * gamma[:, None]).t())
+        return out.view(x.shape[0], x.shape[2], x.shape[3], self.dim).permute(0, 3, 1, 2)
+
+
+class CPUConvNeXtAdaLNPatchDown(ConvNeXtAdaLNPatchDown, CPUConvNeXtBlock):
+    """:class:`~lvae.layers.ConvNeXtAdaLNPatchDown` whose block is a :class:`CPUConvNeXtBlock` (its forward's
+    ``super()`` call reaches CPUConvNeXtBlock.forward: method resolution order)."""
+
+
+_CPU_CLASSES = {ConvNeXtBlockAdaLN: CPUConvNeXtBlock, ConvNeXtAdaLNPatchDown: CPUConvNeXtAdaLNPatchDown}
+_REFERENCE_CLASSES = {fast: ref for ref, fast in _CPU_CLASSES.items()}
+_STATE = '_accel_reference_formats'  # the attribute where a prepared model keeps its reference memory formats
+
+
+def _tensors(model):
+    return itertools.chain(model.named_parameters(), model.named_buffers())
+
+
+def _memory_formats(model):
+    """{name: memory format} of the model's 4-D parameters and buffers."""
+    return {name: torch.channels_last if t.is_contiguous(memory_format=torch.channels_last)
+            and not t.is_contiguous() else torch.contiguous_format for name, t in _tensors(model) if t.dim() == 4}
+
+
+def _set_memory_formats(model, formats):
+    """Convert the model's 4-D parameters and buffers in place (as ``Module.to`` does) to ``formats``."""
+    for name, t in _tensors(model):
+        if name in formats:
+            t.data = t.data.contiguous(memory_format=formats[name])
+
+
+def _set_block_classes(model, classes):
+    """Set each ConvNeXt block's class through ``classes`` (a {from: to} map); returns the blocks."""
+    blocks = [m for m in model.modules() if isinstance(m, ConvNeXtBlockAdaLN)]
+    for block in blocks:
+        block.__class__ = classes.get(type(block), type(block))
+    return blocks
+
+
+def _uncompile(blocks):
+    for block in blocks:
+        block._compiled_call_impl = None
+
+
+def is_compiled(model):
+    """Whether :func:`prepare` compiled the model's ConvNeXt blocks."""
+    return any(getattr(m, '_compiled_call_impl', None) is not None for m in model.modules())
+
+
+def _device_of(model):
+    return next(itertools.chain(model.parameters(), model.buffers())).device
+
+
+def prepare(model, device=None, compile=False, backend='inductor'):
+    """Convert ``model`` in place to its fastest faithful form on ``device`` (default: where it is), moving it
+    there; returns it. Idempotent; :func:`reference` undoes it.
+
+    compile: also ``torch.compile`` every ConvNeXt block in place (their reference forward, with ``backend``),
+    and check the result on one 64x64 image; if compiling fails (e.g. no C++ compiler for a CPU build), the
+    blocks stay eager and a warning says why. Compiled blocks stay compiled through later calls.
+    """
+    device = torch.device(device) if device is not None else _device_of(model)
+    if not hasattr(model, _STATE):
+        setattr(model, _STATE, _memory_formats(model))
+    cpu = device.type == 'cpu'
+    model.to(device, memory_format=torch.channels_last if cpu else torch.contiguous_format)
+    compiled = is_compiled(model)
+    blocks = _set_block_classes(model, _CPU_CLASSES if cpu and not (compile or compiled) else _REFERENCE_CLASSES)
+    if compile and not compiled:
+        _compile_blocks(model, blocks, device, backend)
+        if not is_compiled(model):  # it failed: the eager form of the device
+            _set_block_classes(model, _CPU_CLASSES if cpu else {})
+    return model
+
+
+def _compile_blocks(model, blocks, device, backend):
+    """``nn.Module.compile`` of every block, checked by one forward of a 64x64 image (no random draws)."""
+    # The blocks share one forward code object: allow a compiled variant per block and input size.
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, 4 * len(blocks))
+    dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 16 * len(blocks))
+    for block in blocks:
+        block.compile(backend=backend, dynamic=None)
+    try:
+        with torch.inference_mode():
+            model.forward_end2end(torch.full((1, 3, 64, 64), 0.5, device=device),
+                                  torch.tensor([float(model.config.lmb_range[0])], device=device),
+                                  noise=torch.zeros_like)
+    except Exception as e:  # torch's compile errors have no common base class
+        _uncompile(blocks)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        warnings.warn(f'torch.compile failed ({type(e).__name__}: {first}); the model stays eager')
+
+
+def reference(model):
+    """Undo :func:`prepare` in place: reference ConvNeXt blocks (not compiled) and the memory format the model
+    had before its first ``prepare`` (it stays on its device). Returns the model."""
+    _uncompile(_set_block_classes(model, _REFERENCE_CLASSES))
+    if hasattr(model, _STATE):
+        _set_memory_formats(model, getattr(model, _STATE))
+        delattr(model, _STATE)
+    return model
+
+
+@contextlib.contextmanager
+def restoring(model):
+    """Inside the block, ``model`` may be prepared, moved or switched to eval mode; on exit it is as it was:
+    device, memory formats, ``training`` flag, block classes and compiled blocks."""
+    device, formats, training = _device_of(model), _memory_formats(model), model.training
+    classes = {m: (type(m), m._compiled_call_impl) for m in model.modules() if isinstance(m, ConvNeXtBlockAdaLN)}
+    state = getattr(model, _STATE, None)
+    try:
+        yield model
+    finally:
+        model.to(device)
+        _set_memory_formats(model, formats)
+        model.train(training)
+        for m, (cls, compiled) in classes.items():
+            m.__class__, m._compiled_call_impl = cls, compiled
+        if state is None:
+            model.__dict__.pop(_STATE, None)
+        else:
+            setattr(model, _STATE, state)

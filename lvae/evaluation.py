@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -225,7 +226,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     if any(outside):
         warnings.warn(f'lambdas {[round(v, 4) for v, o in zip(lambdas, outside) if o]} are outside the model\'s '
                       f'trained lmb_range {list(model.config.lmb_range)}: evaluated as asked, marked in the '
-                      f'result (outside_lmb_range)', stacklevel=2)
+                      f'result (outside_lmb_range)', stacklevel=3)  # the caller of evaluate_bound
     paths, bad = check_images(resolve_images(images))
     if bad and not skip_invalid:
         raise InvalidImagesError(bad)

@@ -583,9 +583,7 @@ def forward_backward(model, batches, state, args, procs, device):
             with autocast:
                 out = model(im)
             (out['loss'] / args.accum_num).backward()
-        # bppix and psnr may be Python numbers (the model reads them to the host) or tensors
-        figures += torch.stack([torch.as_tensor(out[k], dtype=torch.float32, device=device).detach()
-                                for k in ('loss', 'bppix', 'psnr')])
+        figures += torch.stack([out[k].detach().float() for k in ('loss', 'bppix', 'psnr')])
     figures /= args.accum_num
     if procs.ddp:
         dist.all_reduce(figures)  # a non-finite loss on any rank reaches every rank

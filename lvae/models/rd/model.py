@@ -142,8 +142,8 @@ class VariableRateLossyVAE(nn.Module):
     """Variable-rate ResNet VAE of Duan et al. (ICIP 2023); its (KL rate, MSE) pairs bound R(D) from above.
 
     ``model(im, lmb)`` with ``im`` (B, 3, H, W) in [0, 1] (H, W multiples of 64) and ``lmb`` (B,) > 0 returns
-    ``{'loss': tensor, 'bppix': float, 'psnr': float}``; ``lmb=None`` draws lambda log-uniformly over
-    ``lmb_range`` (training).
+    ``{'loss', 'bppix', 'psnr'}`` (0-dim tensors; bppix and psnr detached); ``lmb=None`` draws lambda
+    log-uniformly over ``lmb_range`` (training).
     """
 
     def __init__(self, cfg: RDConfig):
@@ -188,7 +188,7 @@ class VariableRateLossyVAE(nn.Module):
         if lmb.shape != (batch,):
             raise ValueError(f'lmb must be a number or a tensor of shape [{batch}] (one per image), '
                              f'got shape {list(lmb.shape)}')
-        if not bool(torch.isfinite(lmb).all() and (lmb > 0).all()):
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(lmb).all() and (lmb > 0).all()):
             raise ValueError(f'lmb must be finite and > 0, got {lmb.tolist()}')
         return lmb
 
@@ -199,7 +199,10 @@ class VariableRateLossyVAE(nn.Module):
     # ---------------------------------------------------------------- pixels
     @staticmethod
     def check_image(im):
-        """Raise ValueError unless ``im`` is a (B, 3, H, W) float tensor in [0, 1] with H, W multiples of 64."""
+        """Raise ValueError unless ``im`` is a (B, 3, H, W) float tensor in [0, 1] with H, W multiples of 64.
+
+        Inside ``torch.compile`` the value checks (here and of lambda) are left out: they read values back to
+        the host, which would split the graph."""
         if not isinstance(im, torch.Tensor) or im.dim() != 4 or im.shape[1] != 3:
             shape = list(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__
             raise ValueError(f'expected an image batch of shape (B, 3, H, W), got {shape}')
@@ -209,6 +212,8 @@ class VariableRateLossyVAE(nn.Module):
         if h % MAX_STRIDE or w % MAX_STRIDE or h == 0 or w == 0:
             raise ValueError(f'image height and width must be positive multiples of {MAX_STRIDE}, got {h}x{w} '
                              f'(pad first: lvae.evaluation pads by edge replication)')
+        if torch.compiler.is_compiling():
+            return
         lo, hi = torch.aminmax(im.detach())
         if not (lo >= 0 and hi <= 1):  # also catches NaN
             raise ValueError(f'image values must be in [0, 1], got range [{lo.item():.4g}, {hi.item():.4g}]')
@@ -271,10 +276,10 @@ class VariableRateLossyVAE(nn.Module):
         rate = self.kl_per_image(stats_all) / ndims  # nats per dimension, (B,)
         distortion = F.mse_loss(x_hat, self.preprocess_target(im), reduction='none').mean(dim=(1, 2, 3))
         loss = (rate + lmb * distortion).mean()
-        with torch.no_grad():
-            mse = F.mse_loss(self.process_output(x_hat.detach()), im).item()
-            bppix = rate.mean().item() * math.log2(math.e) * im.shape[1]
-        return {'loss': loss, 'bppix': bppix, 'psnr': -10 * math.log10(mse) if mse > 0 else float('inf')}
+        with torch.no_grad():  # 0-dim tensors: reading them is the caller's choice (a host sync on a GPU)
+            mse = F.mse_loss(self.process_output(x_hat.detach()), im)
+            bppix = rate.detach().mean() * (math.log2(math.e) * im.shape[1])
+        return {'loss': loss, 'bppix': bppix, 'psnr': -10 * torch.log10(mse)}
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()

@@ -75,7 +75,7 @@ def assert_same_training_step(model, reference_outputs, im, lmb):
     out, grads = model_outputs(model, im, lmb)
     assert out['loss'].item() == pytest.approx(ref['loss'].item(), rel=1e-5)
     for key in ('bppix', 'psnr'):
-        assert out[key] == pytest.approx(ref[key], rel=1e-5)
+        assert out[key].item() == pytest.approx(ref[key].item(), rel=1e-5)
     for key, g in ref_grads.items():
         # sums over many pixels: compared at float32 rounding of the largest gradient of the tensor
         torch.testing.assert_close(grads[key], g, rtol=1e-4, atol=1e-5 * g.abs().max().item(), msg=key)

@@ -1,5 +1,6 @@
 """The SPEC's numerical contract: the published key layout and the authors' conformance vectors, on the
-reference model and on the model prepared for the CPU by lvae.accel."""
+reference model and on the model prepared for the CPU by lvae.accel. The tiny vector ships in tests/data, so
+every clone checks it; the small one and the key layout come from the project's shared folder."""
 import ast
 import os
 
@@ -16,9 +17,19 @@ def spec(shared_dir):
     return os.path.join(shared_dir, 'spec')
 
 
-@pytest.fixture(scope='module', params=['rd_conformance_small.pt', 'rd_conformance_tiny.pt'])
-def conformance(spec, request):
-    return torch.load(os.path.join(spec, request.param), weights_only=True)
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+TINY = 'rd_conformance_tiny.pt'
+
+
+@pytest.fixture(scope='module', params=[TINY, 'rd_conformance_small.pt'])
+def conformance(request):
+    folder = DATA if request.param == TINY else request.getfixturevalue('spec')
+    return torch.load(os.path.join(folder, request.param), weights_only=True)
+
+
+def test_the_shipped_tiny_vector_is_the_spec_file(spec):
+    with open(os.path.join(DATA, TINY), 'rb') as ours, open(os.path.join(spec, TINY), 'rb') as theirs:
+        assert ours.read() == theirs.read()
 
 
 @pytest.fixture(scope='module', params=['reference', 'prepared'])

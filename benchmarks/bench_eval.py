@@ -16,9 +16,9 @@ from lvae.evaluation import _BatchSizer, _seed, bound_of_image, lambda_grid, tf3
 from lvae.images import load_image
 
 COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'forward (s)', '.3f'),
-           ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'), ('gflop', 'GFLOP/forward', '.0f'),
-           ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f'),
-           ('speedup', 'x reference nchw', '.2f')]
+           ('median_s', 'median (s)', '.3f'), ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'),
+           ('gflop', 'GFLOP/forward', '.0f'), ('gflop_per_s', 'GFLOP/s', '.1f'),
+           ('roofline_ratio', 'x roofline', '.2f'), ('speedup', 'x reference nchw', '.2f')]
 BATCH_COLUMNS = [('model', 'model', 's'), ('lambdas', 'lambdas', 'd'), ('single_s', '1 per forward (s)', '.2f'),
                  ('lmb_batch', 'lmb_batch', 's'), ('per_forward', 'lambdas/forward', 'd'),
                  ('batched_s', 'batched (s)', '.2f'),

@@ -18,7 +18,7 @@ import lvae
 from lvae.data import ImageFolderCrops
 
 COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'step (s)', '.3f'),
-           ('images_per_s', 'images/s', '.2f'), ('gflop', 'GFLOP/step', '.0f'),
+           ('median_s', 'median (s)', '.3f'), ('images_per_s', 'images/s', '.2f'), ('gflop', 'GFLOP/step', '.0f'),
            ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f'),
            ('speedup', 'x reference nchw', '.2f')]
 DATA_COLUMNS = [('folder', 'folder', 's'), ('workers', 'workers', 'd'), ('batch_size', 'batch', 'd'),

@@ -4,7 +4,9 @@ Reproduces Duan et al., "An Improved Upper Bound on the Rate-Distortion Function
 
 >>> import lvae
 >>> model = lvae.get_model('rd_model_base', pretrained=True)   # the authors' published weights
+>>> lvae.accel.prepare(model, 'cpu')                              # its fastest faithful form on a CPU (in place)
 """
+from lvae import accel
 from lvae.models import RDConfig, VariableRateLossyVAE, get_model, list_models, register_model
 
 __version__ = '0.1.0'
@@ -17,4 +19,4 @@ def __getattr__(name):
         return getattr(bdrate, name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
-__all__ = ['get_model', 'list_models', 'register_model', 'VariableRateLossyVAE', 'RDConfig', 'bd_rate', 'bd_psnr']
+__all__ = ['accel', 'get_model', 'list_models', 'register_model', 'VariableRateLossyVAE', 'RDConfig', 'bd_rate', 'bd_psnr']

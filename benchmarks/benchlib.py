@@ -292,10 +292,15 @@ def report(title, sections, meta, roofline, json_path):
                 'roofline_n': ROOFLINE_N[roofline.device.type], 'roofline_flops_per_s': roofline.rates,
                 'bf16_peak_flops_per_s': roofline.peak_bf16,
                 'sections': {heading: rows for heading, rows, _ in sections}}
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, 'w') as f:
-            json.dump(data, f, indent=1)
-        print(f'wrote {json_path}')
+        write_json(json_path, data)
+
+
+def write_json(path, data):
+    """``data`` as JSON at ``path`` (its folder made), and a line saying so."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=1)
+    print(f'wrote {path}')
 
 
 def autocast(device, amp):

@@ -2,7 +2,7 @@
 strict fp32): per image and lambda, the bpp difference in percent and the PSNR difference in dB, and the
 BD-rate of each curve against the reference's. Prints a markdown table.
 
-    python benchmarks/compare_results.py results/fp32.json results/bf16.json [more.json ...]
+    python benchmarks/compare_results.py results/fp32.json results/bf16.json [more.json ...] [--json OUT]
 """
 import argparse
 import json
@@ -39,6 +39,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('reference')
     p.add_argument('others', nargs='+')
+    p.add_argument('--json', default=None, help='also write the rows here')
     args = p.parse_args()
     rows = [compare(args.reference, o) for o in args.others]
     print(f'Against {args.reference} (per image and lambda):\n')
@@ -47,6 +48,8 @@ def main():
         ('mean_bpp_pct', 'mean d bpp (%)', '+.3f'), ('max_abs_psnr_db', 'max abs d PSNR (dB)', '.4f'),
         ('mean_psnr_db', 'mean d PSNR (dB)', '+.4f'), ('bd_rate_pct', 'BD-rate (%)', '+.3f'),
         ('seconds', 'seconds', '.1f')]))
+    if args.json:
+        benchlib.write_json(args.json, {'reference': args.reference, 'rows': rows})
 
 
 if __name__ == '__main__':

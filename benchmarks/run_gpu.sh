@@ -1,48 +1,47 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/RESULTS.md, in one run on the first CUDA device.
+# The GPU table of benchmarks/RESULTS.md in one unattended run on the first CUDA device (about 6 minutes on
+# an H100 or H200), every figure written as JSON into OUT_FOLDER:
 #
 #   bash benchmarks/run_gpu.sh KODAK_FOLDER OUT_FOLDER
 #
-# 1. eval-var-rate.py on Kodak with rd_model_small's shipped weights in strict fp32, bf16 autocast and TF32,
-#    and their differences (the numeric effect on the bound);
-# 2. bench_train.py: rd_model_base, batch 16 at 256x256 with Adam, every path up to bf16 + compile, and MFU;
-# 3. eval-var-rate.py on Kodak (24 images x 16 lambdas) with rd_model_base (untrained: the time) in strict
-#    fp32, TF32, bf16 and bf16 + compile;
-# 4. a 100-iteration train-var-rate.py run of rd_model_base (bf16 + compile) on Kodak, end to end.
+# 1. profile.json: torch.profiler of rd_model_base's training step (batch 16, 256x256, bf16, Adam) and of its
+#    evaluation forward (one Kodak-sized image): time by op, kernel launches per step, GPU idle share;
+# 2. train.json: rd_model_base's training step, batch 16 at 256x256 with Adam: the authors' layout (the
+#    reference model, fp32 NCHW eager) beside lvae.accel.prepare in fp32 and bf16 autocast, images/s and MFU;
+# 3. base-fp32.json, base-bf16.json, base-compare.json: eval-var-rate.py on Kodak (24 images x 16 lambdas) with
+#    rd_model_base (untrained weights: the same work as the published ones) in strict fp32 and in bf16, their
+#    times and the BD-rate between the two curves;
+# 4. small-fp32.json, small-bf16.json, small-compare.json: the same with rd_model_small's shipped weights (a
+#    trained model: the numeric effect of bf16 on a real bound).
 # Each step has a time limit (against a hang); one that fails or runs out is reported and the next one runs.
-# The JSON files go to OUT_FOLDER, the plots and the training run to a temporary folder.
 set -uo pipefail
 kodak=$1; out=$2
-work=$(mktemp -d)
+mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv | tee "$out/gpu.csv"
 
 step() {  # step SECONDS NAME COMMAND...: run with a time limit, report its wall time and exit status
     local limit=$1 name=$2; shift 2
     local t0=$SECONDS
-    timeout -k 5 "$limit" bash -c '"$@"' _ "$@"
-    echo "== $name: exit $? after $((SECONDS - t0)) s"
+    timeout -k 5 "$limit" "$@" > "$out/$name.log" 2>&1
+    echo "== $name: exit $? after $((SECONDS - t0)) s (log: $out/$name.log)"
+    tail -n 12 "$out/$name.log"
 }
 
 kodak_eval() {  # kodak_eval NAME ARGS...: eval-var-rate.py on Kodak at 16 lambdas -> OUT_FOLDER/NAME.json
     local name=$1; shift
-    python eval-var-rate.py --dataset_name "$kodak" --no-progress --output "$work/$name.json" "$@" | tail -n 6 \
-        && cp "$work/$name.json" "$out/"
+    step 240 "$name" python eval-var-rate.py --dataset_name "$kodak" --no-progress --output "$out/$name.json" "$@"
 }
-export -f kodak_eval
-export kodak out work
 
-step 120 small-fp32 kodak_eval small-fp32
-step 120 small-bf16 kodak_eval small-bf16 --amp bf16
-step 120 small-tf32 kodak_eval small-tf32 --tf32
-step 60 compare python benchmarks/compare_results.py "$out/small-fp32.json" "$out/small-bf16.json" \
-    "$out/small-tf32.json"
-step 900 bench-train python benchmarks/bench_train.py --models rd_model_base --batch_size 16 --adam --amp bf16 \
-    --compile --repeats 5 --trainset "$kodak" --workers 8 --json "$out/train_gpu.json"
-step 300 base-fp32 kodak_eval base-fp32 --model rd_model_base --random-init
-step 300 base-tf32 kodak_eval base-tf32 --model rd_model_base --random-init --tf32
-step 300 base-bf16 kodak_eval base-bf16 --model rd_model_base --random-init --amp bf16
-step 900 base-bf16-compile kodak_eval base-bf16-compile --model rd_model_base --random-init --amp bf16 --compile
-step 900 train python train-var-rate.py --model rd_model_base --trainset "$kodak" --valset "$kodak" \
-    --val_images 4 --iterations 100 --batch_size 16 --amp bf16 --compile --eval_interval 100 --workers 8 \
-    --runs_root "$work/runs" --name gpu-check
+step 120 profile python benchmarks/profile_step.py --models rd_model_base --batch_size 16 --amp bf16 \
+    --json "$out/profile.json"
+step 150 train python benchmarks/bench_train.py --models rd_model_base --batch_size 16 --adam --amp bf16 \
+    --repeats 5 --trainset "$kodak" --workers 8 --json "$out/train.json"
+kodak_eval base-fp32 --model rd_model_base --random-init
+kodak_eval base-bf16 --model rd_model_base --random-init --amp bf16
+step 60 base-compare python benchmarks/compare_results.py "$out/base-fp32.json" "$out/base-bf16.json" \
+    --json "$out/base-compare.json"
+kodak_eval small-fp32
+kodak_eval small-bf16 --amp bf16
+step 60 small-compare python benchmarks/compare_results.py "$out/small-fp32.json" "$out/small-bf16.json" \
+    --json "$out/small-compare.json"

@@ -34,7 +34,7 @@ def kodak3(kodak_dir, tmp_path_factory):
 
 
 def test_script_writes_json_png_and_bd_table(kodak3, tmp_path):
-    """The issue's command: a model without registered weights is evaluated untrained, with a warning."""
+    """A model without registered weights is evaluated untrained, with a warning."""
     out = tmp_path / 'res' / 'tiny.json'
     run = subprocess.run([sys.executable, SCRIPT, '--model', 'rd_model_tiny', '--dataset_name',
                           kodak3, '--steps', '4', '--device', 'cpu', '--output', str(out), '--no-progress'],

@@ -5,9 +5,10 @@ The models in :mod:`lvae.layers` and :mod:`lvae.models` are the paper's math, on
 (benchmarks/RESULTS.md) found for that device, and :func:`reference` converts it back:
 
 - CPU: parameters and activations in ``torch.channels_last``, and every ConvNeXt block's ``__class__`` set to a
-  subclass (:class:`CPUConvNeXtBlock`) whose forward arranges the same math for a CPU: the AdaLN affine folded
-  into fc1 and ``gamma`` into fc2 (computed at forward time: the weights are never written), the residual
-  added in place, and the depthwise convolution's weight gradient from :mod:`lvae.kernels`.
+  subclass (:class:`CPUConvNeXtBlock`) whose training forward arranges the same math for a CPU: the AdaLN
+  affine folded into fc1 and ``gamma`` into fc2 (computed at forward time: the weights are never written), the
+  residual added in place, and the depthwise convolution's weight gradient from :mod:`lvae.kernels`; without
+  autograd it runs the reference forward.
 - CUDA (and other devices): NCHW and the reference blocks (an H100 ran rd_model_base's fp32 training step 1.34x
   faster in NCHW than in channels_last).
 - ``compile=True``: every ConvNeXt block (the reference forward) compiled in place with ``torch.compile``.
@@ -57,11 +58,14 @@ class _DepthwiseConvCPU(torch.autograd.Function):
 
 
 class CPUConvNeXtBlock(ConvNeXtBlockAdaLN):
-    """:class:`~lvae.layers.ConvNeXtBlockAdaLN` arranged for a CPU in float32 channels_last (other inputs, e.g.
-    under autocast, take the reference forward). Set by :func:`prepare`; same parameters and state dict."""
+    """:class:`~lvae.layers.ConvNeXtBlockAdaLN` arranged for a CPU training step in float32 channels_last. Other
+    inputs (e.g. under autocast) and calls without autograd take the reference forward (in channels_last): at
+    inference the folds measured no faster (benchmarks/RESULTS.md). Set by :func:`prepare`; same parameters and
+    state dict."""
 
     def forward(self, x, emb):
-        if x.device.type != 'cpu' or x.dtype != torch.float32 or torch.is_autocast_enabled('cpu'):
+        if (not torch.is_grad_enabled() or x.device.type != 'cpu' or x.dtype != torch.float32
+                or torch.is_autocast_enabled('cpu')):
             return super().forward(x, emb)
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op inside a prepared model
         shift, scale = self.embedding_layer(emb).chunk(2, dim=1)  # (B, C) each

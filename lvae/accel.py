@@ -79,7 +79,7 @@ class CPUConvNeXtBlock(ConvNeXtBlockAdaLN):
     def _conv_dw(self, x):
         """``conv_dw(x)``; when its weight takes a gradient, with :mod:`lvae.kernels`' weight gradient."""
         conv = self.conv_dw
-        if torch.is_grad_enabled() and conv.weight.requires_grad and kernels.available():
+        if conv.weight.requires_grad and kernels.available():  # forward() comes here only with autograd on
             return _DepthwiseConvCPU.apply(x, conv.weight, conv.bias)
         return conv(x)
 

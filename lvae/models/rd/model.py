@@ -278,7 +278,7 @@ class VariableRateLossyVAE(nn.Module):
         loss = (rate + lmb * distortion).mean()
         with torch.no_grad():  # 0-dim tensors: reading them is the caller's choice (a host sync on a GPU)
             mse = F.mse_loss(self.process_output(x_hat.detach()), im)
-            bppix = rate.detach().mean() * (math.log2(math.e) * im.shape[1])
+            bppix = rate.mean() * (math.log2(math.e) * im.shape[1])
         return {'loss': loss, 'bppix': bppix, 'psnr': -10 * torch.log10(mse)}
 
     # ---------------------------------------------------------------- sampling

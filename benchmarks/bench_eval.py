@@ -1,8 +1,9 @@
 """Evaluation throughput: ``forward_end2end`` of one image under inference mode, per model, for the reference
 model in NCHW and in channels_last and the model ``lvae.accel.prepare`` makes (timed in turns in one process),
 in megapixels x lambdas per second with its FLOP rate, its ratio to the same-run matmul roofline and its
-speedup over the reference in NCHW. With ``--lambdas 16``, also one image at 16 lambdas, batched as
-``evaluate_bound`` does (``lmb_batch='auto'``) and all in one forward, against 16 single-lambda forwards.
+speedup over the reference in NCHW, and the inference form the prepared blocks chose for each shape. With
+``--lambdas 16``, also one image at 16 lambdas, batched as ``evaluate_bound`` does (``lmb_batch='auto'``) and
+all in one forward, against 16 single-lambda forwards.
 
     python benchmarks/bench_eval.py --json benchmarks/results/eval.json
 """
@@ -18,7 +19,10 @@ from lvae.images import load_image
 COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'forward (s)', '.3f'),
            ('median_s', 'median (s)', '.3f'), ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'),
            ('gflop', 'GFLOP/forward', '.0f'), ('gflop_per_s', 'GFLOP/s', '.1f'),
-           ('roofline_ratio', 'x roofline', '.2f'), ('speedup', 'x reference nchw', '.2f')]
+           ('roofline_ratio', 'x roofline', '.2f'), ('speedup', 'x reference nchw', '.2f'),
+           ('speedup_median', 'x reference nchw (medians)', '.2f')]
+FORM_COLUMNS = [('shape', 'block input', 's'), ('hidden', 'fc1 width', 'd'), ('threads', 'threads', 'd'),
+                ('form', 'form', 's')]
 BATCH_COLUMNS = [('model', 'model', 's'), ('lambdas', 'lambdas', 'd'), ('single_s', '1 per forward (s)', '.2f'),
                  ('lmb_batch', 'lmb_batch', 's'), ('per_forward', 'lambdas/forward', 'd'),
                  ('batched_s', 'batched (s)', '.2f'),
@@ -47,6 +51,12 @@ def bench_model(name, im, args, device, roofline):
         r['mpix_lmb_per_s'] = im.shape[2] * im.shape[3] / 1e6 / r['seconds']
     print(benchlib.markdown_table(rows, benchlib.with_mfu(COLUMNS, device)), flush=True)
     return accel.prepare(model, device), flops, rows, ceiling
+
+
+def inference_form_rows():
+    """The form :data:`lvae.accel.inference_forms` chose for each ConvNeXt block input shape in this run."""
+    return [{'shape': 'x'.join(map(str, shape)), 'hidden': hidden, 'threads': threads, 'form': form}
+            for (shape, hidden, threads), form in accel.inference_forms.chosen.items()]
 
 
 def bench_lambda_batching(name, model, flops, im, args, device, roofline):
@@ -83,6 +93,7 @@ def main():
     p.add_argument('--image', default='../shared/datasets/kodak/kodim01.png', help='a Kodak-sized image (768x512)')
     p.add_argument('--lambdas', type=int, default=0, help='also time one image at this many lambdas, batched')
     p.add_argument('--lambda_repeats', type=int, default=1, help='timed repeats of the 16-lambda comparison')
+    p.set_defaults(repeats=5)
     args = p.parse_args()
     device = benchlib.setup(args)
     im = load_image(args.image)[None].to(device)
@@ -102,6 +113,9 @@ def main():
         r['batched_roofline_ratio'] = roofline.ratio(r['batched_gflop_per_s'] * 1e9)
     h, w = im.shape[2:]
     sections = [('Forward', rows, benchlib.with_mfu(COLUMNS, device))]
+    if accel.inference_forms.chosen:
+        sections.append(('Inference form of the prepared blocks, by input shape (B x C x H x W)',
+                         inference_form_rows(), FORM_COLUMNS))
     if ceilings:
         sections.append(benchlib.ceiling_section(ceilings, roofline))
     if batch_rows:

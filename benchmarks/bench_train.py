@@ -20,7 +20,8 @@ from lvae.data import ImageFolderCrops
 COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'step (s)', '.3f'),
            ('median_s', 'median (s)', '.3f'), ('images_per_s', 'images/s', '.2f'), ('gflop', 'GFLOP/step', '.0f'),
            ('gflop_per_s', 'GFLOP/s', '.1f'), ('roofline_ratio', 'x roofline', '.2f'),
-           ('speedup', 'x reference nchw', '.2f')]
+           ('speedup', 'x reference nchw', '.2f'),
+           ('speedup_median', 'x reference nchw (medians)', '.2f')]
 DATA_COLUMNS = [('folder', 'folder', 's'), ('workers', 'workers', 'd'), ('batch_size', 'batch', 'd'),
                 ('crop', 'crop', 'd'), ('images_per_s', 'images/s', '.1f')]
 

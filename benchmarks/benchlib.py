@@ -96,10 +96,11 @@ def time_it(fn, device, repeats, warmup=1):
 def time_interleaved(paths, device, repeats, warmup=1):
     """Seconds per call of each path, timed in turns: ``paths`` maps a name to ``(enter, run)``; each round calls
     ``enter()`` (untimed) then ``run()`` (timed) for every path, so that a slow spell of a shared machine hits
-    all alike. ``warmup`` untimed rounds first. Returns {name: (best, median)} over ``repeats`` rounds."""
+    all alike, in the given order and the reverse order by turns (a drift of the machine's speed favours none).
+    ``warmup`` untimed rounds first. Returns {name: (best, median)} over ``repeats`` rounds."""
     times = {name: [] for name in paths}
     for i in range(warmup + repeats):
-        for name, (enter, run) in paths.items():
+        for name, (enter, run) in (list(paths.items()) if i % 2 == 0 else list(paths.items())[::-1]):
             enter()
             synchronize(device)
             t = time.perf_counter()
@@ -337,7 +338,8 @@ def path_rows(vae, make_run, flops, roofline, args, device, **fields):
     """Rows of ``vae`` on the compared paths timed in turns (:func:`time_interleaved`; fp32, TF32 off), then,
     prepared, one row each (not in turns) on a GPU with TF32, with bf16 autocast when ``args.amp``, and with
     compiled blocks (under ``args.amp`` when given) when ``args.compile``. ``make_run(vae, amp)`` builds the
-    timed call; every row has its ``speedup`` over the reference in NCHW."""
+    timed call; every row has its ``speedup`` over the reference in NCHW, by the best times and by the medians
+    (``speedup_median``)."""
     paths = {p: (lambda p=p: enter_path(vae, device, p), make_run(vae, None))
              for p in (REFERENCE_NCHW, REFERENCE_CHANNELS_LAST, PREPARED)}
     rows = [row(seconds, flops, roofline, variant=name, **fields)
@@ -354,4 +356,5 @@ def path_rows(vae, make_run, flops, roofline, args, device, **fields):
         rows.append(row(seconds, flops, roofline, precision, variant=f'{PREPARED} + {name}', **fields))
     for r in rows:
         r['speedup'] = rows[0]['seconds'] / r['seconds']
+        r['speedup_median'] = rows[0]['median_s'] / r['median_s']
     return rows

@@ -7,8 +7,9 @@ The models in :mod:`lvae.layers` and :mod:`lvae.models` are the paper's math, on
 - CPU: parameters and activations in ``torch.channels_last``, and every ConvNeXt block's ``__class__`` set to a
   subclass (:class:`CPUConvNeXtBlock`) whose training forward arranges the same math for a CPU: the AdaLN
   affine folded into fc1 and ``gamma`` into fc2 (computed at forward time: the weights are never written), the
-  residual added in place, and the depthwise convolution's weight gradient from :mod:`lvae.kernels`; without
-  autograd it runs the reference forward.
+  residual added in place, and the depthwise convolution's weight gradient from :mod:`lvae.kernels`. Without
+  autograd it runs the reference forward or the same with fc1 and fc2 as oneDNN's 1x1 convolutions, whichever
+  ran faster at the first call of each input shape (:data:`inference_forms`).
 - CUDA (and other devices): NCHW and the reference blocks (an H100 ran rd_model_base's fp32 training step 1.34x
   faster in NCHW than in channels_last).
 - ``compile=True``: every ConvNeXt block (the reference forward) compiled in place with ``torch.compile``.
@@ -16,7 +17,10 @@ The models in :mod:`lvae.layers` and :mod:`lvae.models` are the paper's math, on
 State-dict keys and values are unchanged in every form; results agree with the reference to float rounding.
 """
 import contextlib
+import functools
 import itertools
+import math
+import time
 import warnings
 
 import torch
@@ -57,17 +61,51 @@ class _DepthwiseConvCPU(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+class FasterForm:
+    """Runs whichever of several forms of one computation was faster on its key (e.g. an input shape), timed at
+    the first call with that key in the process: one untimed call of each form (oneDNN builds its kernels
+    then), then ``rounds`` calls of each in turns, the best time of each. Later calls with the key run the
+    chosen form only. ``chosen`` maps each key measured so far to its form's name."""
+
+    def __init__(self, rounds=2, timer=time.perf_counter):
+        self.rounds, self.timer, self.chosen = rounds, timer, {}
+
+    def __call__(self, key, forms):
+        """``forms``: {name: function of no arguments}, all computing the same result; returns that result.
+        On a tie the first form wins."""
+        if key in self.chosen:
+            return forms[self.chosen[key]]()
+        outputs = {name: form() for name, form in forms.items()}
+        best = dict.fromkeys(forms, math.inf)
+        for _ in range(self.rounds):
+            for name, form in forms.items():
+                start = self.timer()
+                outputs[name] = form()
+                best[name] = min(best[name], self.timer() - start)
+        self.chosen[key] = min(best, key=best.get)
+        return outputs[self.chosen[key]]
+
+
+# The inference form of each CPUConvNeXtBlock input shape, for this process: ``reference`` (fc1 and fc2 as
+# matmuls, which call MKL's sgemm in torch's x86 builds) or ``onednn`` (CPUConvNeXtBlock._forward_onednn).
+# Which is faster depends on the CPU and the shape (benchmarks/RESULTS.md); both agree to float rounding.
+inference_forms = FasterForm()
+
+
 class CPUConvNeXtBlock(ConvNeXtBlockAdaLN):
-    """:class:`~lvae.layers.ConvNeXtBlockAdaLN` arranged for a CPU training step in float32 channels_last. Other
-    inputs (e.g. under autocast) and calls without autograd take the reference forward (in channels_last): at
-    inference the folds measured no faster (benchmarks/RESULTS.md). Set by :func:`prepare`; same parameters and
-    state dict."""
+    """:class:`~lvae.layers.ConvNeXtBlockAdaLN` arranged for a CPU in float32 channels_last: the training step
+    with folds and the C++ weight gradient, and without autograd the faster of the reference forward and
+    :meth:`_forward_onednn` (:data:`inference_forms`). Other inputs (e.g. under autocast) take the reference
+    forward. Set by :func:`prepare`; same parameters and state dict."""
 
     def forward(self, x, emb):
-        if (not torch.is_grad_enabled() or x.device.type != 'cpu' or x.dtype != torch.float32
-                or torch.is_autocast_enabled('cpu')):
+        if x.device.type != 'cpu' or x.dtype != torch.float32 or torch.is_autocast_enabled('cpu'):
             return super().forward(x, emb)
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op inside a prepared model
+        if not torch.is_grad_enabled():
+            key = (tuple(x.shape), self.mlp.fc1.out_features, torch.get_num_threads())
+            return inference_forms(key, {'reference': functools.partial(self._forward_reference, x, emb),
+                                         'onednn': functools.partial(self._forward_onednn, x, emb)})
         shift, scale = self.embedding_layer(emb).chunk(2, dim=1)  # (B, C) each
         h = F.layer_norm(self._conv_dw(x).permute(0, 2, 3, 1), (self.dim,), eps=1e-6)  # (B, H, W, C): a view
         if h.shape[1] * h.shape[2] >= FOLD_PIXELS_PER_CHANNEL * self.dim:
@@ -76,10 +114,26 @@ class CPUConvNeXtBlock(ConvNeXtBlockAdaLN):
             h = self.mlp.fc1(torch.addcmul(shift[:, None, None], h, 1 + scale[:, None, None]))
         return self._fc2_residual(x, self.mlp.act(h))
 
+    def _forward_reference(self, x, emb):
+        return ConvNeXtBlockAdaLN.forward(self, x, emb)
+
+    def _forward_onednn(self, x, emb):
+        """The reference forward with fc1 and fc2 as 1x1 convolutions (oneDNN's kernels), ``gamma`` folded into
+        fc2 and the residual added in place; element-wise passes run on the (B, H, W, C) view of the
+        channels_last activations, which torch treats as contiguous (GELU ran 1.5x slower on the same memory
+        seen as a channels_last tensor). x (B, C, H, W) channels_last -> (B, C, H, W) channels_last."""
+        fc1, fc2, gamma = self.mlp.fc1, self.mlp.fc2, self.gamma.view(-1)
+        shift, scale = self.embedding_layer(emb).chunk(2, dim=1)  # (B, C) each
+        h = F.layer_norm(self.conv_dw(x).permute(0, 2, 3, 1), (self.dim,), eps=1e-6)  # (B, H, W, C)
+        h = torch.addcmul(shift[:, None, None], h, 1 + scale[:, None, None])
+        a = self.mlp.act(F.conv2d(h.permute(0, 3, 1, 2), fc1.weight[:, :, None, None], fc1.bias).permute(0, 2, 3, 1))
+        out = F.conv2d(a.permute(0, 3, 1, 2), (fc2.weight * gamma[:, None])[:, :, None, None], fc2.bias * gamma)
+        return out.permute(0, 2, 3, 1).add_(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
     def _conv_dw(self, x):
-        """``conv_dw(x)``; when its weight takes a gradient, with :mod:`lvae.kernels`' weight gradient."""
+        """``conv_dw(x)`` in a training step, with :mod:`lvae.kernels`' weight gradient when it takes one."""
         conv = self.conv_dw
-        if conv.weight.requires_grad and kernels.available():  # forward() comes here only with autograd on
+        if conv.weight.requires_grad and kernels.available():
             return _DepthwiseConvCPU.apply(x, conv.weight, conv.bias)
         return conv(x)
 

@@ -1,6 +1,6 @@
 """A model prepared by lvae.accel computes what the reference model computes, in values and gradients: the CPU
-ConvNeXt block (AdaLN folded into fc1, gamma into fc2, channels_last), training and inference, one image and
-several, and the compiled blocks."""
+ConvNeXt block (AdaLN folded into fc1, gamma into fc2, channels_last; at inference either of its two forms),
+training and inference, one image and several, and the compiled blocks."""
 import pytest
 import torch
 
@@ -45,22 +45,79 @@ def test_cpu_block_gives_the_reference_values_and_gradients(size, batch):
                      block_outputs(ref, x, emb))
 
 
+def always(form):
+    """A stand-in for ``accel.inference_forms`` that runs ``form`` without timing anything."""
+    return lambda key, forms: forms[form]()
+
+
 @pytest.mark.parametrize('batch', [1, 3])
-def test_cpu_block_runs_the_reference_forward_without_autograd(batch, monkeypatch):
-    """The folds pay in a training step only (at inference they measured no faster): without autograd the CPU
-    block runs the reference forward, in channels_last."""
+@pytest.mark.parametrize('form', ['reference', 'onednn'])
+def test_cpu_block_inference_forms_give_the_reference_values(batch, form, monkeypatch):
+    """Without autograd the CPU block runs no fold; either inference form gives the reference block's output, in
+    channels_last."""
     ref, fast = block_pair()
-    folded = []
-    original = accel.CPUConvNeXtBlock._fc1_folded
-    monkeypatch.setattr(accel.CPUConvNeXtBlock, '_fc1_folded', lambda *a: folded.append(1) or original(*a))
+    folded, called = [], []
+    fold, onednn = accel.CPUConvNeXtBlock._fc1_folded, accel.CPUConvNeXtBlock._forward_onednn
+    monkeypatch.setattr(accel.CPUConvNeXtBlock, '_fc1_folded', lambda *a: folded.append(1) or fold(*a))
+    monkeypatch.setattr(accel.CPUConvNeXtBlock, '_forward_onednn', lambda *a: called.append(1) or onednn(*a))
+    monkeypatch.setattr(accel, 'inference_forms', always(form))
     x, emb = torch.randn(batch, 16, 12, 10), torch.randn(batch, 8)
     with torch.inference_mode():
         out = fast(x.contiguous(memory_format=torch.channels_last), emb)
         expected = ref(x, emb)
-    assert folded == [] and out.is_contiguous(memory_format=torch.channels_last)
+    assert folded == [] and called == ([1] if form == 'onednn' else [])
+    assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     fast(x.contiguous(memory_format=torch.channels_last), emb).sum().backward()
-    assert folded == [1]
+    assert folded == [1] and len(called) <= 1
+
+
+def test_faster_form_runs_the_form_that_timed_faster_and_remembers_it_per_key():
+    """Times come from a clock that the forms themselves advance: 'slow' takes 3 ticks, 'fast' 1."""
+    clock, calls = [0.0], []
+
+    def form(name, ticks):
+        def run():
+            calls.append(name)
+            clock[0] += ticks
+            return name
+        return run
+
+    chooser = accel.FasterForm(rounds=2, timer=lambda: clock[0])
+    forms = {'slow': form('slow', 3), 'fast': form('fast', 1)}
+    assert chooser('a', forms) == 'fast'
+    assert calls == ['slow', 'fast'] * 3  # one untimed call each, then two timed rounds in turns
+    calls.clear()
+    assert chooser('a', forms) == 'fast' and calls == ['fast']
+    forms['fast'] = form('fast', 5)  # another key is measured anew
+    assert chooser('b', forms) == 'slow'
+    assert chooser.chosen == {'a': 'fast', 'b': 'slow'}
+
+
+def test_prepared_model_chooses_a_form_once_per_block_shape(monkeypatch):
+    """The first evaluation forward times both forms for each block input shape; the next runs each block once."""
+    monkeypatch.setattr(accel, 'inference_forms', accel.FasterForm())
+    runs = []
+    for name in ('_forward_onednn', '_forward_reference'):
+        original = getattr(accel.CPUConvNeXtBlock, name)
+        monkeypatch.setattr(accel.CPUConvNeXtBlock, name, lambda *a, f=original: runs.append(1) or f(*a))
+    torch.manual_seed(0)
+    model = accel.prepare(lvae.get_model('rd_model_tiny').eval(), 'cpu')
+    blocks = [m for m in model.modules() if isinstance(m, ConvNeXtBlockAdaLN)]
+    im = torch.rand(1, 3, 64, 128)
+    with torch.inference_mode():
+        model.forward_end2end(im, torch.tensor([64.0]))
+        shapes = set(accel.inference_forms.chosen)
+        assert len(shapes) > 1 and set(accel.inference_forms.chosen.values()) <= {'reference', 'onednn'}
+        assert len(runs) == len(blocks) + 5 * len(shapes)  # per new shape: 2 forms x (1 untimed + 2 timed)
+        runs.clear()
+        model.forward_end2end(im, torch.tensor([512.0]))
+    assert len(runs) == len(blocks) and set(accel.inference_forms.chosen) == shapes
+
+
+def test_faster_form_keeps_the_first_form_on_a_tie():
+    chooser = accel.FasterForm(timer=lambda: 0.0)
+    assert chooser('k', {'reference': lambda: 1, 'other': lambda: 2}) == 1
 
 
 def test_cpu_block_takes_nchw_inputs():
@@ -97,7 +154,9 @@ def test_prepared_model_gives_the_reference_loss_and_gradients():
 
 
 @pytest.mark.parametrize('batch', [1, 3])
-def test_prepared_model_gives_the_reference_evaluation_forward(batch):
+@pytest.mark.parametrize('form', ['reference', 'onednn'])
+def test_prepared_model_gives_the_reference_evaluation_forward(batch, form, monkeypatch):
+    monkeypatch.setattr(accel, 'inference_forms', always(form))
     torch.manual_seed(0)
     model = lvae.get_model('rd_model_tiny').eval()
     im, lmb = torch.rand(batch, 3, 128, 192), torch.linspace(4, 2048, batch)

@@ -115,6 +115,7 @@ class CPUConvNeXtBlock(ConvNeXtBlockAdaLN):
         return self._fc2_residual(x, self.mlp.act(h))
 
     def _forward_reference(self, x, emb):
+        """The reference block's forward (here on channels_last activations)."""
         return ConvNeXtBlockAdaLN.forward(self, x, emb)
 
     def _forward_onednn(self, x, emb):

@@ -69,7 +69,7 @@ def test_cpu_block_inference_forms_give_the_reference_values(batch, form, monkey
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     fast(x.contiguous(memory_format=torch.channels_last), emb).sum().backward()
-    assert folded == [1] and len(called) <= 1
+    assert folded == [1] and called == ([1] if form == 'onednn' else [])  # a training step takes neither
 
 
 def test_faster_form_runs_the_form_that_timed_faster_and_remembers_it_per_key():

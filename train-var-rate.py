@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 import lvae
 from lvae import accel
-from lvae.bdrate import DEFAULT_ANCHOR, bd_rate, resolve_anchor
+from lvae.bdrate import DEFAULT_ANCHOR, MIN_POINTS, bd_rate, resolve_anchor
 from lvae.checkpoint import load_file, load_weights, save_checkpoint
 from lvae.cli import parse_model_args
 from lvae.data import ImageFolderCrops, parse_transform
@@ -231,7 +231,7 @@ def validate(model, val_paths, args, anchor, device):
     mse = 4 * 10 ** (-psnr / 10)                                  # MSE in [-1, 1] scale
     metrics = {'val/loss': float((rate + np.array(lambdas) * mse).mean()),
                'val/bpp': float(np.mean(res['bpp'])), 'val/psnr': float(np.mean(res['psnr']))}
-    if anchor is not None and len(lambdas) >= 4:
+    if anchor is not None and len(lambdas) >= MIN_POINTS:
         metrics['val/bd_rate'] = bd_rate(anchor[1], anchor[2], res['bpp'], res['psnr'])
     return metrics, res
 

@@ -26,12 +26,13 @@ from lvae.results import CONVENTIONS, convention_psnr, dataset_curves, per_image
 ANCHORS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'anchors.json')
 DEFAULT_ANCHOR = 'vtm-18.0'
 METHODS = ('cubic', 'pchip')
+MIN_POINTS = 4  # points a curve needs for the cubic fit of BD-rate
 
 
 def _curve(bpp, psnr, what):
     bpp, psnr = np.asarray(bpp, dtype=np.float64), np.asarray(psnr, dtype=np.float64)
-    if bpp.shape != psnr.shape or bpp.ndim != 1 or len(bpp) < 4:
-        raise ValueError(f'{what} curve needs matching bpp and psnr lists of at least 4 points, '
+    if bpp.shape != psnr.shape or bpp.ndim != 1 or len(bpp) < MIN_POINTS:
+        raise ValueError(f'{what} curve needs matching bpp and psnr lists of at least {MIN_POINTS} points, '
                          f'got {bpp.shape} and {psnr.shape}')
     if not (np.isfinite(bpp).all() and np.isfinite(psnr).all() and (bpp > 0).all()):
         raise ValueError(f'{what} curve has non-finite or non-positive values')
@@ -129,7 +130,7 @@ def bd_table(test, anchor, name='test', anchor_name='anchor', dataset='', interv
     lines = [f'BD metrics of {name} w.r.t. {anchor_name}{where} '
              f'(PSNR overlap {overlap(anchor["psnr"], test["psnr"]):.0%}):', '',
              '| PSNR | method | BD-rate (%) | BD-PSNR (dB) |', '|---|---|---:|---:|']
-    enough = len(test['bpp']) >= 4
+    enough = len(test['bpp']) >= MIN_POINTS
     notes, mixed = [], False
     for conv, conv_label in CONVENTIONS.items():
         test_psnr = convention_psnr(test, conv)
@@ -149,8 +150,8 @@ def bd_table(test, anchor, name='test', anchor_name='anchor', dataset='', interv
             lines.append(f'| {conv_label} | {"cubic (paper)" if method == "cubic" else method} | {cell} | '
                          f'{_fmt(psnr, "+.3f")} |')
     if not enough:
-        notes.append(f'n/a: BD-rate needs at least 4 points on the test curve, got {len(test["bpp"])} '
-                     f'(evaluate at 4 or more lambdas, e.g. --steps 16)')
+        notes.append(f'n/a: BD-rate needs at least {MIN_POINTS} points on the test curve, got {len(test["bpp"])} '
+                     f'(evaluate at {MIN_POINTS} or more lambdas, e.g. --steps 16)')
     elif overlap(anchor['psnr'], test['psnr']) == 0:
         notes.append('n/a: the curves share no PSNR range, so BD-rate is undefined (an untrained model?)')
     if interval_note and any(band is not None for band in (interval or {}).values()):

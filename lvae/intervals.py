@@ -12,7 +12,7 @@ spread of the per-draw curves: ``bpp_std`` / ``psnr_std`` per point and :func:`d
 """
 import numpy as np
 
-from lvae.bdrate import bd_rate
+from lvae.bdrate import MIN_POINTS, bd_rate
 from lvae.results import CONVENTIONS, convention_psnr, dataset_curves
 
 METHOD = 'percentile bootstrap over images'
@@ -32,7 +32,7 @@ def bd_rates(test_bpp, test_psnr, anchor, convention):
     """BD-rate (%, cubic) of each test curve (rows of (R, L) arrays) w.r.t. ``anchor`` in ``convention``
     (the anchor's published PSNR when it has none in that convention); NaN where undefined."""
     anchor_psnr = convention_psnr(anchor, convention) or anchor['psnr']
-    if np.shape(test_bpp)[-1] < 4:
+    if np.shape(test_bpp)[-1] < MIN_POINTS:
         return np.full(len(test_bpp), np.nan)
     return np.array([bd_rate(anchor['bpp'], anchor_psnr, b, p) for b, p in zip(test_bpp, test_psnr)])
 
@@ -42,7 +42,8 @@ def bootstrap(bpp, img_psnr, mse, anchors=None, resamples=RESAMPLES, seed=SEED, 
 
     anchors: ``{key: curve}`` with curve a dict ``{'bpp', 'psnr', ...}``. Returns a dict: ``method``, ``level``,
     ``resamples``, ``seed``; per-point ``[low, high]`` lists under ``bpp``, ``psnr``, ``psnr_of_mean_mse``;
-    ``bd_rate``: ``{key: {convention: [low, high] or None}}`` (None: BD-rate undefined, e.g. under 4 points).
+    ``bd_rate``: ``{key: {convention: [low, high] or None}}`` (None: BD-rate undefined, e.g. under
+    ``MIN_POINTS`` points).
     """
     n = len(bpp)
     if n < 1 or resamples < 1:

@@ -6,7 +6,7 @@ import os
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lvae.bdrate import bd_rate
+from lvae.bdrate import MIN_POINTS, bd_rate
 from lvae.results import atomic_path
 
 
@@ -25,7 +25,7 @@ def plot_rd(path, curves, reference=None, title=''):
         ax.plot(ref_bpp, ref_psnr, 'k--', linewidth=1.5, label=ref_label)
     for label, bpp, psnr in curves:
         if reference is not None:
-            bd = bd_rate(ref_bpp, ref_psnr, bpp, psnr) if len(bpp) >= 4 else math.nan
+            bd = bd_rate(ref_bpp, ref_psnr, bpp, psnr) if len(bpp) >= MIN_POINTS else math.nan
             label += f' (BD-rate {bd:+.2f}%)' if math.isfinite(bd) else ' (BD-rate n/a)'
         ax.plot(bpp, psnr, marker='.', linewidth=1.5, label=label)
     ax.set_xlabel('bits per pixel')

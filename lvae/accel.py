@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from lvae import kernels
+from lvae.errors import first_line
 from lvae.layers import ConvNeXtAdaLNPatchDown, ConvNeXtBlockAdaLN
 
 # The ConvNeXt blocks fold AdaLN into fc1 when each image has at least this many pixels per channel (below,
@@ -248,8 +249,7 @@ def _compile_blocks(model, blocks, device, backend):
                                   noise=torch.zeros_like)
     except Exception as e:  # torch's compile errors have no common base class
         _uncompile(blocks)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        warnings.warn(f'torch.compile failed ({type(e).__name__}: {first}); the model stays eager')
+        warnings.warn(f'torch.compile failed ({type(e).__name__}: {first_line(e)}); the model stays eager')
 
 
 def reference(model):

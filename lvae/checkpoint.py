@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from lvae.errors import first_line
+
 
 def is_url(source):
     return isinstance(source, str) and urlparse(source).scheme in ('http', 'https')
@@ -57,7 +59,7 @@ def load_file(source, map_location='cpu', sha256=None):
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise ValueError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: '
-                         f'{str(e).splitlines()[0] if str(e) else ""})') from e
+                         f'{first_line(e)})') from e
 
 
 def state_dict_of(ckpt, source='checkpoint'):

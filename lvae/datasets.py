@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from lvae.errors import first_line
 from lvae.images import IMAGE_EXTENSIONS, check_images, list_images
 from lvae.paths import dataset_path, how_to_set_paths, known_datasets
 
@@ -143,8 +144,7 @@ def find_or_download(name_or_folder, progress=True):
     try:
         return download(name, progress=progress)
     except (DownloadError, OSError) as e:
-        first = str(e).splitlines()[0]
-        raise FileNotFoundError(f'dataset {name!r} is missing and its download failed ({first}); fetch '
+        raise FileNotFoundError(f'dataset {name!r} is missing and its download failed ({first_line(e)}); fetch '
                                 f'{source_url(name)} by hand and put its {SOURCES[name]["count"]} images in '
                                 f'{folder}') from None
 

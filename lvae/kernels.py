@@ -24,6 +24,8 @@ import warnings
 
 import torch
 
+from lvae.errors import first_line
+
 _SOURCE = r'''
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -210,10 +212,9 @@ def available():
                               extra_ldflags=['-fopenmp'], build_directory=folder)
     except Exception as e:  # no compiler, no ninja, a failed build: oneDNN's gradient stays
         _failed = True
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         warnings.warn(f'lvae: could not build the CPU depthwise-convolution kernel ({type(e).__name__}: '
-                      f"{first}); using oneDNN's weight gradient (slower CPU training). Set LVAE_CPU_KERNELS=0 to "
-                      f'skip the attempt.')
+                      f"{first_line(e)}); using oneDNN's weight gradient (slower CPU training). Set "
+                      f'LVAE_CPU_KERNELS=0 to skip the attempt.')
     return _module is not None
 
 

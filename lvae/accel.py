@@ -124,12 +124,13 @@ class CPUConvNeXtBlock(ConvNeXtBlockAdaLN):
         fc2 and the residual added in place; element-wise passes run on the (B, H, W, C) view of the
         channels_last activations, which torch treats as contiguous (GELU ran 1.5x slower on the same memory
         seen as a channels_last tensor). x (B, C, H, W) channels_last -> (B, C, H, W) channels_last."""
-        fc1, fc2, gamma = self.mlp.fc1, self.mlp.fc2, self.gamma.view(-1)
+        fc1 = self.mlp.fc1
         shift, scale = self.embedding_layer(emb).chunk(2, dim=1)  # (B, C) each
         h = F.layer_norm(self.conv_dw(x).permute(0, 2, 3, 1), (self.dim,), eps=1e-6)  # (B, H, W, C)
         h = torch.addcmul(shift[:, None, None], h, 1 + scale[:, None, None])
         a = self.mlp.act(F.conv2d(h.permute(0, 3, 1, 2), fc1.weight[:, :, None, None], fc1.bias).permute(0, 2, 3, 1))
-        out = F.conv2d(a.permute(0, 3, 1, 2), (fc2.weight * gamma[:, None])[:, :, None, None], fc2.bias * gamma)
+        weight, bias = self._fc2_with_gamma()
+        out = F.conv2d(a.permute(0, 3, 1, 2), weight[:, :, None, None], bias)
         return out.permute(0, 2, 3, 1).add_(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def _conv_dw(self, x):
@@ -151,15 +152,20 @@ class CPUConvNeXtBlock(ConvNeXtBlockAdaLN):
         out = torch.baddbmm(bias[:, None, :], h.reshape(nb, nh * nw, c), weight_t)
         return out.view(nb, nh, nw, -1)
 
+    def _fc2_with_gamma(self):
+        """fc2's weight (C, 2C) and bias (C,) with ``gamma`` folded in: gamma * (W a + b) = (gamma W) a + gamma b."""
+        gamma = self.gamma.view(-1)
+        return self.mlp.fc2.weight * gamma[:, None], self.mlp.fc2.bias * gamma
+
     def _fc2_residual(self, x, a):
         """``x + gamma * fc2(a)`` as ``x + gamma b + a (gamma W)^T``: gamma folded into fc2 (no pass for it,
         forward or backward) and fc2's GEMM accumulated in place. x (B, C, H, W) channels_last, a (B, H, W, 2C)
         -> (B, C, H, W) channels_last."""
-        fc2, gamma = self.mlp.fc2, self.gamma.view(-1)
+        weight, bias = self._fc2_with_gamma()
         # x + gamma b as a (B*H*W, C) tensor of its own, not a view: an in-place op on a view would cost
         # autograd a clone and a copy of its gradient (CopySlices).
-        out = torch.add(x.permute(0, 2, 3, 1).reshape(-1, self.dim), gamma * fc2.bias)
-        out.addmm_(a.reshape(-1, a.shape[-1]), (fc2.weight * gamma[:, None]).t())
+        out = torch.add(x.permute(0, 2, 3, 1).reshape(-1, self.dim), bias)
+        out.addmm_(a.reshape(-1, a.shape[-1]), weight.t())
         return out.view(x.shape[0], x.shape[2], x.shape[3], self.dim).permute(0, 3, 1, 2)
 
 

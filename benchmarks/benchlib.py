@@ -2,7 +2,6 @@
 markdown table / JSON output. Run the scripts from the repository root (``python benchmarks/bench_train.py``).
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -21,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E
 from lvae import accel  # noqa: E402
 from lvae.evaluation import tf32  # noqa: E402
 from lvae.memory import reuse_freed_memory  # noqa: E402
+from lvae.results import save_json  # noqa: E402
 
 # The roofline is the rate of one dense N x N matmul: N = 2048 on a CPU, 8192 on a GPU (2048 is too small
 # to fill an H100: it reaches about 60% of the bf16 rate of 8192).
@@ -255,7 +255,7 @@ def prepared_ceiling(model, make_run, flops, roofline, device, repeats, name):
 
 
 def ceiling_section(rows, roofline):
-    """The report section of :func:`default_path_ceiling` rows, re-rated against the run's best roofline."""
+    """The report section of :func:`prepared_ceiling` rows, re-rated against the run's best roofline."""
     return ("Matmuls alone (the prepared path's fp32 matmuls replayed on their own)",
             [rate_ceiling(r, roofline) for r in rows], CEILING_COLUMNS)
 
@@ -297,10 +297,9 @@ def report(title, sections, meta, roofline, json_path):
 
 
 def write_json(path, data):
-    """``data`` as JSON at ``path`` (its folder made), and a line saying so."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(data, f, indent=1)
+    """``data`` as JSON at ``path`` (:func:`lvae.results.save_json`: atomically, its folder made), and a line
+    saying so."""
+    save_json(path, data)
     print(f'wrote {path}')
 
 

@@ -220,15 +220,14 @@ def infinite_batches(loader, sampler, epoch):
 def validate(model, val_paths, args, anchor, device):
     """Bound evaluation on the validation images at ``args.val_steps`` lambdas. Returns a dict of scalars
     (``val/loss``: the training objective, nats per dimension + lambda * MSE in [-1, 1] scale, averaged over
-    images and lambdas, recomputed from the per-image bpp and PSNR; ``val/bd_rate`` vs the anchor when there
+    images and lambdas, recomputed from the per-image bpp and MSE; ``val/bd_rate`` vs the anchor when there
     is one: ``(label, bpp, psnr)``) and the curve."""
     lambdas = lambda_grid(model.config.lmb_range, args.val_steps)
     res = evaluate_bound(model, val_paths, lambdas=lambdas, device=device, skip_invalid=True, progress=False,
                          amp=None if args.amp == 'none' else args.amp)
     bpp = np.array([im['bpp'] for im in res['per_image']])      # (images, lambdas), bits per pixel
-    psnr = np.array([im['psnr'] for im in res['per_image']])    # dB on [0, 1]
     rate = bpp * math.log(2) / 3                                  # nats per dimension
-    mse = 4 * 10 ** (-psnr / 10)                                  # MSE in [-1, 1] scale
+    mse = 4 * np.array([im['mse'] for im in res['per_image']])  # MSE in [-1, 1] scale (evaluation's is on [0, 1])
     metrics = {'val/loss': float((rate + np.array(lambdas) * mse).mean()),
                'val/bpp': float(np.mean(res['bpp'])), 'val/psnr': float(np.mean(res['psnr']))}
     if anchor is not None and len(lambdas) >= MIN_POINTS:

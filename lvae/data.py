@@ -89,3 +89,20 @@ class ImageFolderCrops(torch.utils.data.Dataset):
     def __repr__(self):
         return f'{type(self).__name__}({os.path.abspath(self.root)}, {len(self)} files, crop={self.crop}, ' \
                f'hflip={self.hflip})'
+
+
+def endless_batches(dataset, batch_size, rank=0, world=1, seed=0, workers=4, pin_memory=False, epoch=0):
+    """This rank's share of ``dataset`` in batches, forever: ``(epoch, batch)``, re-shuffled at each pass over
+    the data (a ``DistributedSampler`` with ``seed``), starting at pass ``epoch``. Loader workers ignore
+    SIGTERM / SIGINT, which the training process handles (:mod:`lvae.training.signals`)."""
+    from lvae.training.signals import ignore_stop_signals
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                                  drop_last=len(dataset) >= world)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                         pin_memory=pin_memory, persistent_workers=workers > 0, drop_last=True,
+                                         worker_init_fn=ignore_stop_signals if workers else None)
+    while True:
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            yield epoch, batch
+        epoch += 1

@@ -1,0 +1,129 @@
+"""What a run tells: the progress bar and training logs (rank 0), wandb, the throughput summary."""
+import time
+import warnings
+
+import torch
+from tqdm import tqdm
+
+from lvae.bdrate import DEFAULT_ANCHOR, resolve_anchor
+from lvae.images import check_images
+from lvae.paths import dataset_name
+from lvae.training.runs import UsageError
+
+
+class NoLogging:
+    """What the run logs to with ``--wbmode disabled``: nothing (wandb is not even imported)."""
+
+    def log(self, data, step=None):
+        pass
+
+    def finish(self):
+        pass
+
+
+def check_wandb_login(args):
+    """``--wbmode online`` needs wandb credentials: refuse (UsageError) before any work when none are found.
+    Looks where wandb does (WANDB_API_KEY, an identity token file, wandb's settings, ~/.netrc) without network."""
+    if args.wbmode != 'online':
+        return
+    import wandb
+    try:
+        found = wandb.login(verify=False, prompt=False)
+    except wandb.Error as e:
+        raise UsageError(f'--wbmode online: wandb credentials are unusable ({e})') from e
+    if not found:
+        raise UsageError('--wbmode online needs a wandb login: run `wandb login` once, or set WANDB_API_KEY, '
+                         'or use --wbmode offline (upload later with `wandb sync`)')
+
+
+class RunLog:
+    """Rank 0's validation set (checked images, the anchor curve ``(label, bpp, psnr)`` or None) and wandb run
+    (``wandb.init`` with the run's flags, resumed by id; :class:`NoLogging` when disabled)."""
+
+    def __init__(self, args, folder, val_paths, wandb_id):
+        val_paths, bad = check_images(val_paths)
+        for e in bad:
+            warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
+        self.paths = val_paths[:args.val_images or None]
+        self.anchor = resolve_anchor(DEFAULT_ANCHOR, dataset_name(args.valset), missing_ok=True)
+        self.enabled = args.wbmode != 'disabled'
+        if self.enabled:
+            import wandb
+            self.wb = wandb.init(project=args.wbproject, entity=args.wbentity, group=args.wbgroup, name=args.name,
+                                 tags=[t for t in args.wbtags.split(',') if t], config=vars(args), dir=folder,
+                                 mode=args.wbmode, id=wandb_id, resume='allow')
+        else:
+            self.wb = NoLogging()
+
+    def log_validation(self, metrics, png, seconds, step):
+        log = {**metrics, 'val/seconds': seconds}
+        if self.enabled:
+            import wandb
+            log['val/rd_curve'] = wandb.Image(png)
+        self.wb.log(log, step=step)
+
+
+class Progress:
+    """The progress bar (rank 0), training logs every ``log_interval`` updates, and the throughput summary. The
+    figures stay on the device between logs."""
+
+    def __init__(self, args, trainer, procs, wb):
+        self.args, self.procs, self.wb = args, procs, wb
+        self.bar = tqdm(total=trainer.recipe.iterations, initial=trainer.iter, disable=not procs.master,
+                        dynamic_ncols=True, desc=args.name if procs.master else None)
+        self.start_iter, self.images = trainer.iter, 0
+        self.skipped = None
+        self.t_start = self.t_log = time.time()
+
+    def log_due(self, it):
+        return it % self.args.log_interval == 0 or it == self.args.iterations
+
+    def step(self, trainer, run, out, images, device):
+        """Count an update; when a log is due (rank 0), read its figures (a host-device synchronisation), log them
+        to wandb and the bar, and report updates skipped since the last log."""
+        self.bar.update(1)
+        self.images += images
+        if not self.procs.master or not self.log_due(trainer.iter):
+            return
+        loss, bpp, psnr, lr, grad_norm = torch.stack([out[k].float() for k in (
+            'loss', 'bppix', 'psnr', 'lr', 'grad_norm')]).tolist()
+        counters = {k: int(v) for k, v in trainer.counters.items()}
+        log = {'train/loss': loss, 'train/bpp': bpp, 'train/psnr': psnr, 'train/lr': lr, 'train/grad_norm': grad_norm,
+               'train/epoch': run.epoch, 'train/sec_per_iter': (time.time() - self.t_log) / self.args.log_interval,
+               'train/skipped_images': int(run.skipped_images), 'train/bad_steps': counters['bad_steps'],
+               'train/grad_spikes': counters['spikes']}
+        self.t_log = time.time()
+        skipped = (counters['bad_steps'], counters['spikes'])
+        if self.skipped is not None and skipped != self.skipped:
+            tqdm.write(f'[iter {trainer.iter}] since the last log: {skipped[0] - self.skipped[0]} non-finite updates '
+                       f'skipped, {skipped[1] - self.skipped[1]} gradient spikes taken at a tenth of the LR (last '
+                       f'loss {loss:.4g}, grad norm {grad_norm:.4g})')
+        self.skipped = skipped
+        post = {'loss': f'{loss:.4f}', 'bpp': f'{bpp:.3f}', 'psnr': f'{psnr:.2f}', 'lr': f'{lr:.2e}',
+                'gnorm': f'{grad_norm:.3g}'}
+        if device.type == 'cuda':
+            log['train/peak_mem_gb'] = torch.cuda.max_memory_allocated(device) / 2**30
+            post['mem'] = f'{log["train/peak_mem_gb"]:.1f}G'
+        self.bar.set_postfix(post)
+        self.wb.log(log, step=trainer.iter)
+
+    def close(self, trainer, run, done, folder):
+        """Close the bar, print this process's throughput and (rank 0, when the run is done) its summary."""
+        self.bar.close()
+        seconds = time.time() - self.t_start
+        print(f'rank {self.procs.rank}/{self.procs.world}: {trainer.iter - self.start_iter} updates on {self.images} '
+              f'images in {seconds:.0f} s ({self.images / max(seconds, 1e-9):.1f} images/s, validation and '
+              f'checkpoints included)', flush=True)
+        if self.procs.master and done:
+            c = {k: int(v) for k, v in trainer.counters.items()}
+            print(f'done: {trainer.iter} iterations; {c["bad_steps"]} non-finite updates skipped, {c["spikes"]} '
+                  f'gradient spikes, {int(run.skipped_images)} unreadable images skipped; checkpoints in {folder}')
+
+
+def describe(args, trainer, procs, device, trainset, folder, resumed):
+    """The run's opening line: model size, processes, data, images per update, folder, where a resume starts."""
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    ema = trainer.iter if trainer.ema is not None else None
+    return (f'{args.model}: {n_params / 1e6:.2f}M parameters on {device} x {procs.world} process(es); {trainset}; '
+            f'{args.batch_size * args.accum_num * procs.world} images per update; run folder {folder}'
+            + (f'; resuming at iteration {trainer.iter} (lr {trainer.lr:.6g}, EMA step {ema})' if resumed else ''))

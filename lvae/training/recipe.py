@@ -1,0 +1,98 @@
+"""The paper's training recipe as data: :class:`Recipe` (the optimisation flags with the paper's defaults) and
+the rules it implies, the learning-rate schedule and the EMA decay (``SPEC.md``, "The training recipe").
+
+Iterations ``t`` count optimizer updates from 0. Learning rates are in the units of Adam's ``lr``.
+"""
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+
+LR_PERIOD = 10        # the LR is set at t % LR_PERIOD == 0 and held for the updates in between
+SPIKE_WINDOW = 100    # gradient norms kept for the spike rule (spikes included)
+SPIKE_FACTOR = 10.0   # an update whose norm exceeds this many times their median is a spike ...
+SPIKE_LR_CUT = 0.1    # ... taken at this fraction of the held LR, without moving the EMA
+
+_CONST_COS = re.compile(r'const-([0-9]*\.?[0-9]+)-cos')
+_ALIASES = {'constant': 'const', 'cosine': 'cos'}
+
+
+@dataclass
+class Recipe:
+    """How a model is trained: field names are those of ``train-var-rate.py``'s flags, defaults the paper's.
+
+    ``lr_sched``: ``'const-F-cos'`` (1 until ``round(F * iterations)``, then a cosine to ``lrf_min``),
+    ``'const'`` / ``'constant'``, ``'cos'`` / ``'cosine'`` (the cosine from the end of the warm-up).
+    ``grad_clip`` 0 turns clipping off. ``ema_warmup`` 0 means ``iterations // 20`` (the authors' rule).
+    ``accum_num`` micro-batches per update and ``amp`` (``'none'`` or ``'bf16'`` autocast) are ours; with their
+    defaults an update is the paper's.
+    """
+    lr: float = 2e-4
+    lr_sched: str = 'const-0.5-cos'
+    lrf_min: float = 0.01
+    lr_warmup: int = 0
+    grad_clip: float = 2.0
+    iterations: int = 200_000
+    ema: bool = True
+    ema_decay: float = 0.9999
+    ema_warmup: int = 10_000
+    accum_num: int = 1
+    amp: str = 'none'
+
+    def __post_init__(self):
+        for name in ('iterations', 'accum_num'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'--{name} must be >= 1, got {getattr(self, name)}')
+        for name in ('lr_warmup', 'grad_clip', 'ema_warmup'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
+        if not self.lr > 0 or not 0 <= self.lrf_min <= 1 or not 0 <= self.ema_decay < 1:
+            raise ValueError(f'need --lr > 0, 0 <= --lrf_min <= 1 and 0 <= --ema_decay < 1, got lr {self.lr}, '
+                             f'lrf_min {self.lrf_min}, ema_decay {self.ema_decay}')
+        if self.amp not in ('none', 'bf16'):
+            raise ValueError(f"--amp must be 'none' or 'bf16', got {self.amp!r}")
+        self.flat_fraction()  # checks the schedule's name
+
+    @classmethod
+    def from_flags(cls, args):
+        """The recipe of parsed flags (an ``argparse.Namespace`` or dict); other keys are ignored."""
+        values = args if isinstance(args, dict) else vars(args)
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    def to_dict(self):
+        return asdict(self)
+
+    def flat_fraction(self):
+        """The fraction of the run before the cosine starts: F of 'const-F-cos', 0 for 'cos', None for 'const'."""
+        sched = _ALIASES.get(self.lr_sched, self.lr_sched)
+        match = _CONST_COS.fullmatch(sched)
+        if sched == 'const':
+            return None
+        if sched == 'cos':
+            return 0.0
+        if match and float(match.group(1)) <= 1:
+            return float(match.group(1))
+        raise ValueError(f"--lr_sched must be 'const', 'cos' or 'const-F-cos' (0 <= F <= 1), got {self.lr_sched!r}")
+
+    def lr_factor(self, t):
+        """The schedule's multiplier of ``lr`` at iteration ``t``: ``(t + 1) / lr_warmup`` during the warm-up,
+        then 1 until the cosine's start ``b``, then ``lrf_min + (1 - lrf_min) / 2 * (1 + cos(pi * (t - b) /
+        (iterations - b - 1)))``, which reaches ``lrf_min`` at the last iteration."""
+        if t < self.lr_warmup:
+            return (t + 1) / self.lr_warmup
+        flat = self.flat_fraction()
+        if flat is None:
+            return 1.0
+        start = round(flat * self.iterations) if flat > 0 else self.lr_warmup
+        if flat > 0 and t <= start:
+            return 1.0
+        progress = (t - start) / max(1, self.iterations - start - 1)
+        return self.lrf_min + 0.5 * (1 - self.lrf_min) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def held_lr(self, t):
+        """The LR of update ``t`` without spikes: the schedule at the last multiple of :data:`LR_PERIOD`."""
+        return self.lr * self.lr_factor(t - t % LR_PERIOD)
+
+    def ema_decay_at(self, t):
+        """The EMA decay of the update at iteration ``t``: ``ema_decay * (1 - exp(-t / ema_warmup))``."""
+        warmup = self.ema_warmup or max(1, self.iterations // 20)
+        return self.ema_decay * (1 - math.exp(-t / warmup))

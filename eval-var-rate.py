@@ -16,22 +16,25 @@ import sys
 import torch
 
 import lvae
-from lvae.bdrate import DEFAULT_ANCHOR, bd_table, get_anchor, resolve_anchor_curve
+from lvae.bdrate import DEFAULT_ANCHOR, TRUE_RD, bd_table, default_anchor, get_anchor, resolve_anchor_curve
 from lvae.checkpoint import download, is_url, load_file, load_weights, model_from_checkpoint, sha256_file
-from lvae.cli import parse_model_args
+from lvae.cli import FlagParser, parse_model_args
 from lvae.evaluation import (BPP_PIXELS, NOISE, compile_for_eval, default_device, evaluate_bound, lambda_grid,
                              resolve_images)
 from lvae.intervals import bd_rates, bootstrap, describe, draw_bd_rates
 from lvae.memory import reuse_freed_memory
-from lvae.models.rd.zoo import PRETRAINED, WEIGHTS_DIR
+from lvae.models.rd.model import RDConfig
+from lvae.models.rd.zoo import CONFIGS, PRETRAINED, WEIGHTS_DIR
 from lvae.paths import dataset_name
 from lvae.plotting import plot_rd
 from lvae.results import CONVENTIONS, convention_psnr, dataset_record, per_image_figures, save_json, weights_label
+from lvae.sources import excess_table, is_source, source_record
 
 # Published curves drawn for comparison when the dataset has them (shipped in lvae/data/anchors.json).
 PUBLISHED = {'yang-mandt-2022': 'previous bound (Yang & Mandt 2022)', 'qarv_base': 'QARV-base (published)',
              'qres34m': 'QRes-VAE 34M (published)'}
 PREVIOUS_BOUND = 'yang-mandt-2022'  # a second BD table, against the previous bound, where it has a curve
+DEFAULT_MODEL = 'rd_model_small'
 
 
 def lambdas_per_forward(text):
@@ -42,10 +45,11 @@ def lambdas_per_forward(text):
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    p = FlagParser(description=__doc__.split('\n\n')[0],
                                 epilog=__doc__.split('\n\n', 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group('model')
-    g.add_argument('--model', default='rd_model_small', help='registered model name (default: %(default)s)')
+    g.add_argument('--model', default=None, help=f'registered model name (default: {DEFAULT_MODEL}; with --weights '
+                   "of a checkpoint that records its config, the checkpoint's model, which --model must then match)")
     g.add_argument('--model_args', default='', help='config overrides as comma-separated Python literals, '
                    'e.g. "lmb_range=(16,1024)" (parsed, never evaluated)')
     w = g.add_mutually_exclusive_group()
@@ -57,7 +61,8 @@ def get_args(argv=None):
                         'not given, where a model without registered weights is evaluated untrained, with a warning')
     w.add_argument('--random-init', action='store_true', help='evaluate an untrained model (smoke tests)')
     g = p.add_argument_group('evaluation')
-    g.add_argument('--dataset_name', default='kodak', help='known dataset name or image folder (default: kodak)')
+    g.add_argument('--dataset_name', default='kodak', help='known dataset name, image folder, or a source with a '
+                   'known R(D) (gaussian-64: its held-out sample, against the truth; default: kodak)')
     g.add_argument('--lmb_range', type=float, nargs=2, default=None, metavar=('LOW', 'HIGH'),
                    help="lambdas log-spaced over this range (default: the model's lmb_range)")
     g.add_argument('--steps', type=int, default=16, help='number of lambdas (default: %(default)s)')
@@ -83,8 +88,9 @@ def get_args(argv=None):
     g.add_argument('--output', default=None, metavar='JSON',
                    help='results file (default: runs/eval/<name>-<dataset>.json); the PNG goes next to it')
     g.add_argument('--name', default=None, help="curve name in the JSON and plot (default: the model's)")
-    g.add_argument('--anchor', default=DEFAULT_ANCHOR,
-                   help='BD-rate reference: a shipped codec (%(default)s) or an anchor JSON (python -m lvae.anchors)')
+    g.add_argument('--anchor', default=None,
+                   help=f'BD-rate reference: a shipped codec (default: {DEFAULT_ANCHOR}; on a source, {TRUE_RD}, its '
+                        'exact R(D)) or an anchor JSON (python -m lvae.anchors)')
     g.add_argument('--no-progress', action='store_true', help='no progress bar')
     return p.parse_args(argv)
 
@@ -92,6 +98,7 @@ def get_args(argv=None):
 def load_model(args):
     """-> (model, model name, weights label or None, sha256 of the weights file or None)."""
     overrides = parse_model_args(args.model_args)
+    explicit, args.model = args.model is not None, args.model or DEFAULT_MODEL
     if args.model not in lvae.list_models():
         raise ValueError(f'unknown model {args.model!r}; known models: {", ".join(lvae.list_models())}')
     if args.weights:
@@ -100,6 +107,13 @@ def load_model(args):
         if isinstance(ckpt, dict) and isinstance(ckpt.get('config'), dict):
             if overrides:
                 raise ValueError(f'{args.weights} records its model config; --model_args cannot change it')
+            expected = CONFIGS.get(args.model)
+            if explicit and expected is not None:
+                differ = sorted(k for k, v in RDConfig.from_dict(expected).to_dict().items() if ckpt['config'].get(k) != v)
+                if differ:
+                    raise ValueError(f'{args.weights} holds a {ckpt.get("model_name", "model")} whose config differs from '
+                                     f'{args.model} in {", ".join(differ)}; drop --model to evaluate the '
+                                     f"checkpoint's own model, or give the weights of a {args.model}")
             model, ckpt = model_from_checkpoint(path)
             name = ckpt.get('model_name') or os.path.splitext(os.path.basename(path))[0]
         else:
@@ -127,12 +141,12 @@ def load_model(args):
     return model, args.model, source, sha256_file(download(source) if is_url(source) else source)
 
 
-def references(args, test_set):
-    """{key: (label, curve)} of the BD-rate references with a curve for ``test_set``: --anchor, then the
-    previous bound. A file anchor is keyed by its file name."""
+def references(args, test_set, test_psnr):
+    """{key: (label, curve)} of the BD-rate references with a curve for ``test_set``: --anchor (on a source: its
+    true R(D) over ``test_psnr``), then the previous bound. A file anchor is keyed by its file name."""
     refs = {}
-    for anchor in dict.fromkeys([args.anchor, PREVIOUS_BOUND]):
-        found = resolve_anchor_curve(anchor, test_set, missing_ok=True)
+    for anchor in dict.fromkeys([args.anchor or default_anchor(test_set), PREVIOUS_BOUND]):
+        found = resolve_anchor_curve(anchor, test_set, missing_ok=True, test_psnr=test_psnr)
         if found is not None:
             refs[os.path.basename(anchor)] = found
     return refs
@@ -199,10 +213,14 @@ def main(argv=None):
     try:
         if args.steps < 1 or args.samples < 1:
             raise ValueError(f'--steps and --samples must be >= 1, got {args.steps} and {args.samples}')
-        paths = resolve_images(args.dataset_name)
-        folder = os.path.dirname(paths[0])
-        test_set = dataset_name(args.dataset_name) or os.path.basename(os.path.normpath(folder))
-        refs = references(args, test_set)
+        if is_source(args.dataset_name):  # its fixed held-out sample, in memory
+            images = test_set = args.dataset_name
+        else:
+            images = resolve_images(args.dataset_name)
+            folder = os.path.dirname(images[0])
+            test_set = dataset_name(args.dataset_name) or os.path.basename(os.path.normpath(folder))
+            if args.anchor:
+                resolve_anchor_curve(args.anchor, test_set, missing_ok=True)  # a bad --anchor fails before the work
         model, model_name, weights, sha256 = load_model(args)
         lambdas = lambda_grid(args.lmb_range or model.config.lmb_range, args.steps)
         if args.device is None:
@@ -215,7 +233,7 @@ def main(argv=None):
             reuse_freed_memory()  # no page faults for every activation (lvae.memory)
         model = model.to(device).eval()
         compiled = compile_for_eval(model) if args.compile else False
-        result = evaluate_bound(model, paths, lambdas, device=device, bpp_pixels=args.bpp_pixels,
+        result = evaluate_bound(model, images, lambdas, device=device, bpp_pixels=args.bpp_pixels,
                                 samples=args.samples, seed=args.seed, skip_invalid=args.skip_invalid,
                                 lmb_batch=args.lmb_batch, amp=args.amp, tf32_ok=args.tf32, noise=args.noise,
                                 progress=not args.no_progress)
@@ -227,22 +245,26 @@ def main(argv=None):
     for s in result['skipped']:
         print(f'skipped {s["file"]}: {s["reason"]}', file=sys.stderr)
     out = args.output or os.path.join('runs', 'eval', f'{name}-{test_set}.json')
+    refs = references(args, test_set, result['psnr'] + result['psnr_of_mean_mse'])
     intervals = bootstrap(*per_image_figures(result), anchors={key: curve for key, (_, curve) in refs.items()})
     bd = bd_summary(result, refs, intervals)
-    save_json(out, record(result, name, dataset_record(test_set, paths), model, model_name, weights, sha256,
-                          compiled, intervals, bd))
+    dataset = source_record(test_set) if is_source(test_set) else dataset_record(test_set, images)
+    save_json(out, record(result, name, dataset, model, model_name, weights, sha256, compiled, intervals, bd))
     curves = [(name, result['bpp'], result['psnr'])]
     curves += [(label, c['bpp'], c['psnr']) for codec, label in PUBLISHED.items()
                if codec != args.anchor and (c := get_anchor(test_set, codec))]
+    anchor = args.anchor or default_anchor(test_set)
     reference = next(((label, c['bpp'], c['psnr']) for key, (label, c) in refs.items()
-                      if key == os.path.basename(args.anchor)), None)
+                      if key == os.path.basename(anchor)), None)
     png = plot_rd(os.path.splitext(out)[0] + '.png', curves, reference,
                   title=f'R(D) upper bound on {test_set} ({result["num_images"]} images, bpp over '
                         f'{args.bpp_pixels} pixels)')
     print(f'{result["num_images"]} images, {len(lambdas)} lambdas, {result["seconds"]:.1f} s on {result["device"]}')
     print_tables(result, refs, bd, intervals, name, test_set)
-    if reference is None:
-        print(f'\nno {args.anchor} anchor for {test_set!r}: make one with `python -m lvae.anchors {folder} '
+    if is_source(test_set):
+        print('\n' + excess_table(test_set, result))
+    elif reference is None:
+        print(f'\nno {anchor} anchor for {test_set!r}: make one with `python -m lvae.anchors {folder} '
               f'--codec jpeg` and pass it with --anchor')
     print(f'wrote {out} and {png}')
     return 0

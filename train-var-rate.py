@@ -20,20 +20,20 @@ import secrets
 import signal
 import sys
 
-import torch
 
 import lvae
 from lvae import accel
 from lvae.checkpoint import load_weights
-from lvae.cli import parse_model_args
-from lvae.data import ImageFolderCrops, endless_batches, parse_transform
+from lvae.cli import FlagParser, parse_model_args
+from lvae.data import endless_batches, parse_transform, training_set
 from lvae.evaluation import resolve_images
 from lvae.models.rd.model import VariableRateLossyVAE
+from lvae.sources import is_source
 from lvae.training import Recipe, Trainer
 from lvae.training.distributed import Processes
 from lvae.training.logs import Progress, RunLog, check_wandb_login, describe
-from lvae.training.runs import (RunState, UsageError, continue_run, create_run_folder, load_run, locate_run,
-                                save_checkpoints, seed_everything, write_args)
+from lvae.training.runs import (RunState, UsageError, continue_run, continued_run, create_run_folder, load_run,
+                                new_run_folder, save_checkpoints, seed_everything, write_args)
 from lvae.training.signals import StopSignals
 from lvae.training.validation import run_validation
 
@@ -42,7 +42,7 @@ EXIT_BAD_STEPS = 3  # exit status after --max_bad_steps non-finite losses in a r
 
 # ------------------------------------------------------------------------------------------------ flags
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    p = FlagParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group('model')
     g.add_argument('--model', default='rd_model_base', help='zoo model name (lvae.list_models())')
@@ -50,10 +50,12 @@ def get_parser():
                    "\"lmb_range=(4,2048)\" (parsed with ast.literal_eval, never evaluated)")
     g.add_argument('--weights', default=None, help='initialise from these weights (file or URL)')
     g = p.add_argument_group('data')
-    g.add_argument('--trainset', default='coco-train2017', help='training folder or known dataset name')
+    g.add_argument('--trainset', default='coco-train2017', help='training folder, known dataset name, or a source '
+                   'with a known R(D) (gaussian-64: fresh draws)')
     g.add_argument('--transform', default='crop=256,hflip=True',
                    help='random crop size (reflect padding for smaller images) and horizontal flip')
-    g.add_argument('--valset', default='kodak', help='validation folder or known dataset name')
+    g.add_argument('--valset', default='kodak', help='validation folder, known dataset name, or a source (its '
+                   'held-out sample, validated against the true R(D))')
     g.add_argument('--val_steps', type=int, default=8, help='validation lambdas, log-spaced over lmb_range')
     g.add_argument('--val_images', type=int, default=0, help='validate on the first N images only (0: all)')
     g.add_argument('--workers', type=int, default=4, help='DataLoader workers per process')
@@ -117,19 +119,17 @@ def check_args(args):
     return args
 
 
-def resolve_run(parser, argv, procs):
-    """Every rank: the checked flags (a continued run's saved ones, overridden by those given now), the run
-    folder (chosen by rank 0) and the continued run's last.pt (None for a new run)."""
+def resolve_flags(parser, argv, procs):
+    """Before the rendezvous, on every rank: the checked flags (a continued run's saved ones, overridden by those
+    given now), the continued run's folder and last.pt (None, None for a new run; None for the checkpoint of a
+    restarted run that died before its first one)."""
     args = check_args(parser.parse_args(argv))
-    project = os.path.join(args.runs_root, args.wbproject)
-    folder, resumed = procs.from_master(lambda: locate_run(args, procs, project))
-    ckpt = load_run(folder) if resumed else None
+    folder = continued_run(args, procs, os.path.join(args.runs_root, args.wbproject))
+    ckpt = load_run(folder) if folder and os.path.exists(os.path.join(folder, 'last.pt')) else None
     if ckpt:
         args = argparse.Namespace(**{**vars(parser.parse_args([])), **ckpt['args'], **explicit_flags(parser, argv)})
         args.resume = folder
         check_args(args)
-    args.name = os.path.basename(os.path.normpath(folder))
-    procs.from_master(lambda: check_wandb_login(args))
     return args, folder, ckpt
 
 
@@ -138,18 +138,21 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser, procs = get_parser(), Processes.from_env()
     try:
-        check_args(parser.parse_args(argv))  # before the rendezvous: a bad flag stops every rank at once
+        args, folder, ckpt = resolve_flags(parser, argv, procs)  # a bad flag stops every rank at once
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    device = procs.init(parser.parse_args(argv).device)
+    device = procs.init(args.device)
     try:
-        args, folder, ckpt = resolve_run(parser, argv, procs)
-        trainset = ImageFolderCrops(args.trainset, **args.transform_kw)
+        folder = folder or procs.from_master(lambda: new_run_folder(args, os.path.join(args.runs_root,
+                                                                                       args.wbproject)))
+        args.name = os.path.basename(os.path.normpath(folder))
+        procs.from_master(lambda: check_wandb_login(args))
+        trainset = training_set(args.trainset, **args.transform_kw)
         if max(1, len(trainset) // procs.world) < args.batch_size:
             raise UsageError(f'{len(trainset)} training images cannot fill one batch of {args.batch_size} per '
                              f'process on {procs.world} process(es)')
-        val_paths = resolve_images(args.valset)
+        val_images = args.valset if is_source(args.valset) else resolve_images(args.valset)
     except (ValueError, FileNotFoundError) as e:
         if procs.master:
             print(f'error: {e}', file=sys.stderr)
@@ -171,7 +174,7 @@ def main(argv=None):
         create_run_folder(folder, procs.run_id)
         run.wandb_id = run.wandb_id or secrets.token_hex(4)  # fixed before wandb starts: a resumed run keeps it
         write_args(folder, args)
-        log = RunLog(args, folder, val_paths, run.wandb_id)
+        log = RunLog(args, folder, val_images, run.wandb_id)
         print(describe(args, trainer, procs, device, trainset, folder, resumed=ckpt is not None), flush=True)
     progress = Progress(args, trainer, procs, log.wb if log else None)
     if procs.master and trainer.iter == 0:
@@ -180,7 +183,7 @@ def main(argv=None):
     status = None
     try:
         with StopSignals() as stop:
-            while trainer.iter < args.iterations and status is None:
+            while trainer.iter < args.iterations:
                 micro = []
                 for _ in range(args.accum_num):
                     run.epoch, (im, skipped) = next(batches)
@@ -212,6 +215,7 @@ def main(argv=None):
                         print(f'\nstopped by {signal.Signals(signum).name} at iteration {trainer.iter}: last.pt '
                               f'holds it; continue with --resume {folder}', file=sys.stderr)
                     status = 128 + signum
+                    break
     except KeyboardInterrupt:  # a second Ctrl-C
         if procs.master:
             print(f'\ninterrupted at iteration {trainer.iter}; resume from the last checkpoint with --resume '

@@ -1,7 +1,6 @@
 """Shared helpers of the benchmark scripts: the machine, the matmul roofline, FLOP counts, timing, and the
 markdown table / JSON output. Run the scripts from the repository root (``python benchmarks/bench_train.py``).
 """
-import argparse
 import os
 import platform
 import statistics
@@ -21,6 +20,7 @@ from lvae import accel  # noqa: E402
 from lvae.evaluation import tf32  # noqa: E402
 from lvae.memory import reuse_freed_memory  # noqa: E402
 from lvae.results import save_json  # noqa: E402
+from lvae.cli import FlagParser
 
 # The roofline is the rate of one dense N x N matmul: N = 2048 on a CPU, 8192 on a GPU (2048 is too small
 # to fill an H100: it reaches about 60% of the bf16 rate of 8192).
@@ -33,7 +33,7 @@ BF16_PEAK = {'H200': 989.4e12, 'H100 PCIe': 756.5e12, 'H100': 989.4e12, 'A100': 
 
 def base_parser(description):
     """Flags every benchmark takes: models, device, threads, repeats, --json."""
-    p = argparse.ArgumentParser(description=description)
+    p = FlagParser(description=description)
     p.add_argument('--models', nargs='+', default=['rd_model_base'])
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (0: torch\'s choice)')

@@ -4,13 +4,13 @@ BD-rate of each curve against the reference's. Prints a markdown table.
 
     python benchmarks/compare_results.py results/fp32.json results/bf16.json [more.json ...] [--json OUT]
 """
-import argparse
 import json
 
 import numpy as np
 
 import benchlib  # noqa: F401  (puts the repository on sys.path)
 from lvae.bdrate import bd_rate
+from lvae.cli import FlagParser
 
 
 def per_image(path):
@@ -36,7 +36,7 @@ def compare(reference, other):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = FlagParser(description=__doc__.split('\n\n')[0])
     p.add_argument('reference')
     p.add_argument('others', nargs='+')
     p.add_argument('--json', default=None, help='also write the rows here')

@@ -29,6 +29,7 @@ with warnings.catch_warnings():  # compressai's import-time torch.jit.script dep
 from lvae.images import check_images, list_images
 from lvae.paths import dataset_name, dataset_path
 from lvae.results import dataset_record, save_json
+from lvae.cli import FlagParser
 
 CODECS = {cls.__name__.lower(): cls for cls in (bench.JPEG, bench.WebP, bench.JPEG2000, bench.BPG, bench.VTM, bench.HM,
                                                  bench.AV1, bench.TFCI)}
@@ -68,7 +69,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     codec_args = argv[argv.index('--') + 1:] if '--' in argv else []
     argv = argv[:argv.index('--')] if '--' in argv else argv
-    parser = argparse.ArgumentParser(prog='python -m lvae.anchors', description=__doc__.split('\n\n')[0])
+    parser = FlagParser(prog='python -m lvae.anchors', description=__doc__.split('\n\n')[0])
     parser.add_argument('folder', help='image folder or known dataset name')
     parser.add_argument('--codec', default='jpeg', help=f'one of {", ".join(CODECS)} (default: jpeg)')
     parser.add_argument('--qualities', default=None, help='comma-separated quality / QP values')

@@ -10,9 +10,10 @@ reference), the authors' codecs (``qarv_base``, ``qres34m``) and the previous R(
 
 Command line (a result with per-image figures also gets a 95% bootstrap interval, :mod:`lvae.intervals`)::
 
-    python -m lvae.bdrate RESULT.json [--anchor vtm-18.0 | yang-mandt-2022 | ANCHOR.json] [--dataset NAME]
+    python -m lvae.bdrate RESULT.json [--anchor vtm-18.0 | yang-mandt-2022 | true-rd | ANCHOR.json] [--dataset NAME]
+
+A result on a source (:mod:`lvae.sources`) is compared with the source's true R(D) by default, point by point too.
 """
-import argparse
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from lvae.results import CONVENTIONS, convention_psnr, dataset_curves, per_image
 
 ANCHORS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'anchors.json')
 DEFAULT_ANCHOR = 'vtm-18.0'
+TRUE_RD = 'true-rd'  # the exact R(D) of a source (lvae.sources), where the dataset is one
 METHODS = ('cubic', 'pchip')
 MIN_POINTS = 4  # points a curve needs for the cubic fit of BD-rate
 
@@ -177,8 +179,22 @@ def resolve_anchor(anchor, dataset, missing_ok=False):
     return None if found is None else (found[0], found[1]['bpp'], found[1]['psnr'])
 
 
-def resolve_anchor_curve(anchor, dataset, missing_ok=False):
-    """As :func:`resolve_anchor`, but -> ``(label, curve dict)`` with every PSNR convention the anchor has."""
+def default_anchor(dataset):
+    """The BD-rate reference of ``dataset``: the true R(D) for a source (:mod:`lvae.sources`), else VTM 18.0."""
+    from lvae.sources import is_source
+    return TRUE_RD if is_source(dataset) else DEFAULT_ANCHOR
+
+
+def resolve_anchor_curve(anchor, dataset, missing_ok=False, test_psnr=None):
+    """As :func:`resolve_anchor`, but -> ``(label, curve dict)`` with every PSNR convention the anchor has.
+    ``anchor`` :data:`TRUE_RD` is the true R(D) of a source ``dataset`` over the PSNRs of ``test_psnr``."""
+    from lvae.sources import is_source, true_curve
+    if anchor == TRUE_RD:
+        if is_source(dataset) and test_psnr is not None:
+            return true_curve(dataset, test_psnr)
+        if missing_ok:
+            return None
+        raise ValueError(f'{TRUE_RD}: {dataset!r} is not a source with a known R(D) (lvae.sources)')
     if os.path.isfile(anchor):
         read = read_curve(anchor)
         return read['name'], read['curve']
@@ -195,19 +211,22 @@ def resolve_anchor_curve(anchor, dataset, missing_ok=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m lvae.bdrate', description=__doc__.split('\n\n')[0])
+    from lvae.cli import FlagParser
+    parser = FlagParser(prog='python -m lvae.bdrate', description=__doc__.split('\n\n')[0])
     parser.add_argument('result', help='R-D curve JSON (from eval-var-rate.py, or the authors\' layout)')
-    parser.add_argument('--anchor', default=DEFAULT_ANCHOR,
-                        help=f'shipped codec ({", ".join(list_anchors())}; default: %(default)s) or anchor JSON path')
+    parser.add_argument('--anchor', default=None,
+                        help=f'shipped codec ({", ".join(list_anchors())}), {TRUE_RD} (a source\'s exact R(D)) or '
+                             f'anchor JSON path (default: {TRUE_RD} for a source, else {DEFAULT_ANCHOR})')
     parser.add_argument('--dataset', default=None, help="dataset of the shipped anchor (default: the JSON's "
                                                           "'test-set' / 'dataset_name')")
     args = parser.parse_args(argv)
     try:
         read = read_curve(args.result)
         dataset = args.dataset or read['dataset']
-        if dataset is None and not os.path.isfile(args.anchor):
+        anchor_key = args.anchor or default_anchor(dataset)
+        if dataset is None and not os.path.isfile(anchor_key):
             raise ValueError(f'{args.result} names no dataset; pass --dataset NAME')
-        anchor_name, anchor = resolve_anchor_curve(args.anchor, dataset)
+        anchor_name, anchor = resolve_anchor_curve(anchor_key, dataset, test_psnr=read['curve']['psnr'])
         interval, note = None, ''
         if read['per_image'] is not None:
             from lvae.intervals import bootstrap, describe  # lvae.intervals computes its BD-rates with this module
@@ -219,6 +238,9 @@ def main(argv=None):
                        interval=interval, interval_note=note))
         if read['per_image'] is None:
             print('\nno interval: the file has no per-image figures')
+        if anchor_key == TRUE_RD:
+            from lvae.sources import excess_table
+            print('\n' + excess_table(dataset, read['curve']))
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

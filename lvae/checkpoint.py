@@ -146,9 +146,9 @@ def export_weights(source, path):
 
 
 if __name__ == '__main__':
-    import argparse
-    parser = argparse.ArgumentParser(prog='python -m lvae.checkpoint',
-                                     description='Export the weights of a training checkpoint to a lean file.')
+    from lvae.cli import FlagParser
+    parser = FlagParser(prog='python -m lvae.checkpoint',
+                        description='Export the weights of a training checkpoint to a lean file.')
     parser.add_argument('source', help='a train-var-rate.py checkpoint, e.g. runs/lvae/NAME/last_ema.pt')
     parser.add_argument('output', help='the file to write')
     args = parser.parse_args()

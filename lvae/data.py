@@ -91,6 +91,32 @@ class ImageFolderCrops(torch.utils.data.Dataset):
                f'hflip={self.hflip})'
 
 
+class SourceSamples(torch.utils.data.Dataset):
+    """Fresh draws of a source with a known R(D) (:mod:`lvae.sources`) as a training set: item ``i`` ->
+    ``(image, 0)``, a new draw at every access from torch's RNG (which the DataLoader seeds per worker), so no
+    image is seen twice; ``length`` items make one nominal pass over the data."""
+
+    def __init__(self, name, length=10_000):
+        from lvae.sources import get_source
+        self.source, self.length = get_source(name), length
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        return self.source.sample(1)[0], 0
+
+    def __repr__(self):
+        return f'{type(self).__name__}({self.source.name}, fresh {self.source.size}x{self.source.size} draws)'
+
+
+def training_set(name, crop=256, hflip=True):
+    """The training set of ``--trainset``: fresh draws of a source (its own image size; ``crop`` and ``hflip``
+    do not apply), else random crops of an image folder or known dataset (:class:`ImageFolderCrops`)."""
+    from lvae.sources import is_source
+    return SourceSamples(name) if is_source(name) else ImageFolderCrops(name, crop=crop, hflip=hflip)
+
+
 def endless_batches(dataset, batch_size, rank=0, world=1, seed=0, workers=4, pin_memory=False, epoch=0):
     """This rank's share of ``dataset`` in batches, forever: ``(epoch, batch)``, re-shuffled at each pass over
     the data (a ``DistributedSampler`` with ``seed``), starting at pass ``epoch``. Loader workers ignore

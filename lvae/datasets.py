@@ -13,7 +13,6 @@ interrupted download leaves no half file behind; files already present are not f
 folder is filled as ``<folder>.partial`` and renamed once verified, so an interrupted download never looks like
 a complete dataset.
 """
-import argparse
 import os
 import shutil
 import sys
@@ -150,7 +149,8 @@ def find_or_download(name_or_folder, progress=True):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m lvae.datasets', description=__doc__.split('\n\n')[0])
+    from lvae.cli import FlagParser
+    parser = FlagParser(prog='python -m lvae.datasets', description=__doc__.split('\n\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
     d = sub.add_parser('download', help='download and verify test sets')
     d.add_argument('names', nargs='+', choices=sorted(SOURCES), metavar='NAME', help=', '.join(SOURCES))

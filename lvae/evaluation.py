@@ -23,6 +23,7 @@ from lvae.datasets import find_or_download
 from lvae.images import ImageError, check_images, list_images, load_image
 from lvae.models.rd.model import MAX_STRIDE
 from lvae.results import dataset_curves, psnr
+from lvae.sources import get_source, is_source
 
 BPP_PIXELS = ('original', 'padded')
 # Where the posterior draws are made. 'device': on the model's device (no host work or copy; the draws differ
@@ -77,6 +78,21 @@ def resolve_images(images, progress=True):
     if not paths:
         raise ValueError('no images given')
     return paths
+
+
+def image_items(images):
+    """What :func:`evaluate_bound` evaluates: ``([(name, load)], bad)``, ``load()`` giving a (3, H, W) float image
+    in [0, 1] and ``bad`` the :class:`ImageError` of each unusable file. ``images``: a folder, dataset name or
+    list of paths (files, decoded once here to check them); a source name (:mod:`lvae.sources`: its fixed
+    held-out sample); or an (N, 3, H, W) float tensor in [0, 1] (images named ``0000``, ``0001``, ...)."""
+    if is_source(images):
+        images = get_source(images).held_out()
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(f'an image tensor must be (N, 3, H, W) float, got {tuple(images.shape)} {images.dtype}')
+        return [(f'{i:04d}', images[i].float) for i in range(len(images))], []
+    paths, bad = check_images(resolve_images(images))
+    return [(os.path.basename(p), functools.partial(load_image, p)) for p in paths], bad
 
 
 def pad_to_multiple(im, multiple=MAX_STRIDE):
@@ -191,7 +207,8 @@ def _leaves_model_as_found(evaluate):
 def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixels='original', samples=1,
                    seed=0, skip_invalid=False, lmb_batch='auto', amp=None, tf32_ok=False, noise='device',
                    progress=True):
-    """Estimate the model's R(D) bound on ``images`` (a folder, a dataset name, or a list of paths).
+    """Estimate the model's R(D) bound on ``images`` (a folder, a dataset name, a list of paths, a source name or
+    an image tensor: :func:`image_items`).
 
     lambdas: list of lambdas (default: ``steps`` log-spaced over the model's ``lmb_range``); those outside
     ``lmb_range`` are evaluated, with a warning, and marked in ``outside_lmb_range``.
@@ -227,23 +244,23 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         warnings.warn(f'lambdas {[round(v, 4) for v, o in zip(lambdas, outside) if o]} are outside the model\'s '
                       f'trained lmb_range {list(model.config.lmb_range)}: evaluated as asked, marked in the '
                       f'result (outside_lmb_range)', stacklevel=3)  # the caller of evaluate_bound
-    paths, bad = check_images(resolve_images(images))
+    items, bad = image_items(images)
     if bad and not skip_invalid:
         raise InvalidImagesError(bad)
-    if not paths:
+    if not items:
         raise InvalidImagesError(bad) if bad else ValueError('no images to evaluate')
     device = torch.device(device) if device is not None else default_device()
     model = accel.prepare(model, device).eval()
     sizer = _BatchSizer(device, lmb_batch)
 
     L, K = len(lambdas), int(samples)
-    all_bpp, all_mse = np.empty((K, len(paths), L)), np.empty((K, len(paths), L))
+    all_bpp, all_mse = np.empty((K, len(items), L)), np.empty((K, len(items), L))
     per_image = []
     t0 = time.time()
-    bar = tqdm(paths, desc='bound', unit='img', disable=not progress, dynamic_ncols=True)
-    for i, path in enumerate(bar):
+    bar = tqdm(items, desc='bound', unit='img', disable=not progress, dynamic_ncols=True)
+    for i, (name, load) in enumerate(bar):
         try:
-            im = load_image(path)
+            im = load()
         except ImageError as e:  # changed since the check: fail loudly, never average a hole
             raise InvalidImagesError([e]) from None
         h, w = im.shape[1:]
@@ -253,9 +270,9 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
             bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp, noise=noise)
         all_bpp[:, i], all_mse[:, i] = (bits / pixels).reshape(K, L), mse.reshape(K, L)
         img_bpp, img_psnr = all_bpp[:, i].mean(0), psnr(all_mse[:, i]).mean(0)
-        per_image.append({'file': os.path.basename(path), 'height': h, 'width': w, 'bpp': img_bpp.tolist(),
+        per_image.append({'file': name, 'height': h, 'width': w, 'bpp': img_bpp.tolist(),
                           'psnr': img_psnr.tolist(), 'mse': all_mse[:, i].mean(0).tolist()})
-        bar.set_postfix_str(f'{os.path.basename(path)} bpp {img_bpp[0]:.3f}-{img_bpp[-1]:.3f} '
+        bar.set_postfix_str(f'{name} bpp {img_bpp[0]:.3f}-{img_bpp[-1]:.3f} '
                             f'psnr {img_psnr[0]:.2f}-{img_psnr[-1]:.2f}')
     curves = dataset_curves(*(np.array([r[key] for r in per_image]) for key in ('bpp', 'psnr', 'mse')))
     draws = dataset_curves(all_bpp, psnr(all_mse), all_mse)  # (K, L) each: the dataset curves of each draw
@@ -267,7 +284,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         'draws': {key: value.tolist() for key, value in draws.items()} if K > 1 else None,
         'per_image': per_image,
         'skipped': [{'file': os.path.basename(e.path), 'reason': e.reason} for e in bad],
-        'num_images': len(paths), 'samples': K, 'seed': seed, 'bpp_pixels': bpp_pixels,
+        'num_images': len(items), 'samples': K, 'seed': seed, 'bpp_pixels': bpp_pixels,
         'device': str(device), 'amp': amp, 'tf32': bool(tf32_ok and device.type == 'cuda'), 'noise': noise,
         'seconds': time.time() - t0,
     }

@@ -5,8 +5,8 @@ A dataset argument is resolved in this order:
 2. a known name mapped in the user config file (``$LVAE_CONFIG``, default ``~/.config/lvae/datasets.json``,
    a JSON object ``{"kodak": "/data/kodak", ...}``);
 3. a known name under the root ``$LVAE_DATASETS`` (``<root>/<name>``), default ``~/datasets``;
-4. last resort for a known name: ``<parent of the repository checkout>/shared/datasets/<name>`` (the layout
-   of the project's machines and CI: the clone at ``/work/main``, the data at ``/work/shared/datasets``).
+4. last resort for a known name: ``<parent of the repository checkout>/shared/datasets/<name>`` (a ``shared``
+   folder beside the clone, as the project's CI lays it out).
 
 The first of 2-4 that exists is used. ``python -m lvae.datasets download NAME`` writes to the place of 2
 or 3 (``dataset_path(name, must_exist=False)``).

@@ -128,13 +128,17 @@ def test_weights_with_and_without_config(script, one_image, tmp_path, capsys):
     assert 'do not fit' in capsys.readouterr().err
     assert script.main(['--weights', str(with_config), '--model_args', 'smooth_mean=False'] + common) == 2
     assert 'records its model config' in capsys.readouterr().err
+    for other, fields in (('rd_model_small', 'dec_dims, dec_nums, enc_dims'), ('rd_model_tiny', 'lmb_range')):
+        assert script.main(['--model', other, '--weights', str(with_config)] + common) == 2    # another config
+        err = capsys.readouterr().err
+        assert f'holds a my_tiny whose config differs from {other} in {fields}' in err and 'drop --model' in err
 
 
 def test_padded_bpp_flag_and_samples(script, one_image, tmp_path):
     common = ['--model', 'rd_model_tiny', '--random-init', '--dataset_name', one_image, '--lmb_range', '32', '256',
               '--steps', '2', '--device', 'cpu', '--no-progress']
     assert script.main(common + ['--output', str(tmp_path / 'o.json')]) == 0
-    assert script.main(common + ['--output', str(tmp_path / 'p.json'), '--bpp-pixels', 'padded',
+    assert script.main(common + ['--output', str(tmp_path / 'p.json'), '--bpp_pixels', 'padded',
                                  '--samples', '2']) == 0
     o, p = (json.loads((tmp_path / f).read_text()) for f in ('o.json', 'p.json'))
     assert p['bpp_pixels'] == 'padded' and p['samples'] == 2 and len(p['results']['bpp_std']) == 2

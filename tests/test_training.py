@@ -11,7 +11,7 @@ import torch
 
 import lvae
 from lvae.training import Recipe, Trainer
-from lvae.training.recipe import LR_PERIOD, SPIKE_FACTOR, SPIKE_WINDOW
+from lvae.training.recipe import LR_PERIOD, SPIKE_WINDOW
 from lvae.training.trainer import judge_update
 
 

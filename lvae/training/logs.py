@@ -5,9 +5,10 @@ import warnings
 import torch
 from tqdm import tqdm
 
-from lvae.bdrate import DEFAULT_ANCHOR, resolve_anchor
+from lvae.bdrate import DEFAULT_ANCHOR, resolve_anchor_curve
 from lvae.images import check_images
 from lvae.paths import dataset_name
+from lvae.sources import get_source, is_source, true_curve
 from lvae.training.runs import UsageError
 
 
@@ -37,15 +38,23 @@ def check_wandb_login(args):
 
 
 class RunLog:
-    """Rank 0's validation set (checked images, the anchor curve ``(label, bpp, psnr)`` or None) and wandb run
-    (``wandb.init`` with the run's flags, resumed by id; :class:`NoLogging` when disabled)."""
+    """Rank 0's validation set and wandb run (``wandb.init`` with the run's flags, resumed by id;
+    :class:`NoLogging` when disabled). ``images``: checked image paths, or a source's held-out sample (a tensor);
+    :meth:`reference` gives the curve that validation BD-rates are measured against."""
 
-    def __init__(self, args, folder, val_paths, wandb_id):
-        val_paths, bad = check_images(val_paths)
-        for e in bad:
-            warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
-        self.paths = val_paths[:args.val_images or None]
-        self.anchor = resolve_anchor(DEFAULT_ANCHOR, dataset_name(args.valset), missing_ok=True)
+    def __init__(self, args, folder, images, wandb_id):
+        self.truth = images if is_source(images) else None
+        if self.truth:
+            self.images = get_source(images).held_out()[:args.val_images or None]
+            self.anchor = None
+        else:
+            images, bad = check_images(images)
+            for e in bad:
+                warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
+            self.images = images[:args.val_images or None]
+            self.anchor = resolve_anchor_curve(DEFAULT_ANCHOR, dataset_name(args.valset), missing_ok=True)
+        # R(D) is a function of the mean distortion: against the truth, the PSNR of the mean MSE
+        self.convention = 'psnr_of_mean_mse' if self.truth else 'psnr'
         self.enabled = args.wbmode != 'disabled'
         if self.enabled:
             import wandb
@@ -54,6 +63,11 @@ class RunLog:
                                  mode=args.wbmode, id=wandb_id, resume='allow')
         else:
             self.wb = NoLogging()
+
+    def reference(self, test_psnr):
+        """``(label, bpp, psnr)`` of the anchor curve (the true R(D) over ``test_psnr`` for a source), or None."""
+        found = true_curve(self.truth, test_psnr) if self.truth else self.anchor
+        return None if found is None else (found[0], found[1]['bpp'], found[1][self.convention])
 
     def log_validation(self, metrics, png, seconds, step):
         log = {**metrics, 'val/seconds': seconds}
@@ -95,9 +109,9 @@ class Progress:
         self.t_log = time.time()
         skipped = (counters['bad_steps'], counters['spikes'])
         if self.skipped is not None and skipped != self.skipped:
-            tqdm.write(f'[iter {trainer.iter}] since the last log: {skipped[0] - self.skipped[0]} non-finite updates '
-                       f'skipped, {skipped[1] - self.skipped[1]} gradient spikes taken at a tenth of the LR (last '
-                       f'loss {loss:.4g}, grad norm {grad_norm:.4g})')
+            tqdm.write(f'[iter {trainer.iter}] since the last log: non-finite updates skipped: '
+                       f'{skipped[0] - self.skipped[0]}, gradient spikes taken at a tenth of the LR: '
+                       f'{skipped[1] - self.skipped[1]} (last loss {loss:.4g}, grad norm {grad_norm:.4g})')
         self.skipped = skipped
         post = {'loss': f'{loss:.4f}', 'bpp': f'{bpp:.3f}', 'psnr': f'{psnr:.2f}', 'lr': f'{lr:.2e}',
                 'gnorm': f'{grad_norm:.3g}'}
@@ -116,8 +130,9 @@ class Progress:
               f'checkpoints included)', flush=True)
         if self.procs.master and done:
             c = {k: int(v) for k, v in trainer.counters.items()}
-            print(f'done: {trainer.iter} iterations; {c["bad_steps"]} non-finite updates skipped, {c["spikes"]} '
-                  f'gradient spikes, {int(run.skipped_images)} unreadable images skipped; checkpoints in {folder}')
+            print(f'done: {trainer.iter} iterations; non-finite updates skipped: {c["bad_steps"]}, gradient '
+                  f'spikes: {c["spikes"]}, unreadable images skipped: {int(run.skipped_images)}; checkpoints in '
+                  f'{folder}')
 
 
 def describe(args, trainer, procs, device, trainset, folder, resumed):

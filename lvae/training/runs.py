@@ -48,21 +48,23 @@ def elastic_run(project_dir, run_id, name=None):
     return None
 
 
-def locate_run(args, procs, project_dir):
-    """Rank 0: the run folder and whether it is continued (it holds last.pt): ``--resume``; else, for workers
-    restarted by torchrun, the folder their rendezvous wrote; else a new folder (``--name`` or the next
-    ``<model>_<n>``), refused when it already holds a run."""
+def continued_run(args, procs, project_dir):
+    """The folder of the run these flags continue, or None for a new run: ``--resume``; else, for workers
+    restarted by torchrun, the folder their rendezvous wrote. Read-only, the same on every rank."""
     if args.resume:
-        return find_run(args.resume, project_dir), True
+        return find_run(args.resume, project_dir)
     if procs.restarts and procs.run_id:
-        folder = elastic_run(project_dir, procs.run_id, args.name)
-        if folder:
-            return folder, os.path.isfile(os.path.join(folder, 'last.pt'))
+        return elastic_run(project_dir, procs.run_id, args.name)
+    return None
+
+
+def new_run_folder(args, project_dir):
+    """Rank 0: the folder of a new run (``--name`` or the next ``<model>_<n>``), refused when it holds a run."""
     folder = os.path.join(project_dir, args.name or next_run_name(project_dir, args.model))
     if os.path.exists(os.path.join(folder, 'last.pt')):
         raise UsageError(f'{folder} already holds a run; continue it with --resume {folder} or choose another '
                          f'--name')
-    return folder, False
+    return folder
 
 
 def create_run_folder(folder, run_id=None):

@@ -1,0 +1,45 @@
+"""A bound against the truth: the true R(D) of a source as an anchor curve, and each point's excess over it.
+
+R(D) is a function of the expected distortion, so a point of a bound (mean bpp, mean MSE over images) is
+compared with R at its mean MSE: the PSNR of the mean MSE, not the mean of per-image PSNRs (which Jensen's
+inequality puts higher, and could put a valid bound below the truth).
+"""
+import numpy as np
+
+from lvae.sources import get_source
+
+
+def true_curve(name, test_psnr, margin=1.0, points=17):
+    """``(label, curve)``: the true R(D) of source ``name`` as an R-D curve (``bpp``, ``psnr``,
+    ``psnr_of_mean_mse``) at ``points`` PSNRs spanning the range of ``test_psnr`` widened by ``margin`` dB.
+    BD-rate fits a cubic to an anchor's points, so the truth is given where the test curve lies."""
+    src = get_source(name)
+    lo = max(min(test_psnr) - margin, src.zero_rate_psnr() + 0.05)   # below, the rate is 0: no log-rate
+    hi = max(max(test_psnr) + margin, lo + margin)
+    return f'true R(D) of {name}', src.curve(np.linspace(lo, hi, points))
+
+
+def excess(name, bpp, psnr_of_mean_mse):
+    """Per point: ``(true_bpp, excess_bpp, excess_percent)`` arrays, the truth at the point's mean MSE and how
+    far the point's rate lies above it (bits per pixel, and % of the true rate; inf where the truth is 0)."""
+    true_bpp = np.atleast_1d(get_source(name).rate_at_psnr(np.asarray(psnr_of_mean_mse, dtype=np.float64)))
+    gap = np.asarray(bpp, dtype=np.float64) - true_bpp
+    with np.errstate(divide='ignore', invalid='ignore'):
+        percent = np.where(true_bpp > 0, 100 * gap / true_bpp, np.inf)
+    return true_bpp, gap, percent
+
+
+def excess_table(name, curve):
+    """A markdown table of each point of ``curve`` (``bpp``, ``psnr_of_mean_mse``) against the true R(D) of
+    source ``name``, and a line saying whether every point lies above the truth."""
+    true_bpp, gap, percent = excess(name, curve['bpp'], curve['psnr_of_mean_mse'])
+    lines = [f'Each point against the true R(D) of {name} at its mean MSE:', '',
+             '| bpp | PSNR of mean MSE (dB) | true R(D) (bpp) | above the truth (bpp) | above the truth (%) |',
+             '|---:|---:|---:|---:|---:|']
+    for b, p, t, g, pc in zip(curve['bpp'], curve['psnr_of_mean_mse'], true_bpp, gap, percent):
+        lines.append(f'| {b:.4f} | {p:.3f} | {t:.4f} | {g:+.4f} | {pc:+.1f}% |')
+    below = int((gap < 0).sum())
+    lines += ['', f'every point lies above the truth (smallest excess {gap.min():+.4f} bpp)' if not below else
+              f'WARNING: {below} of {len(gap)} points lie BELOW the true R(D): a bound cannot; check the units '
+              f'(bits vs nats, the pixel count, the MSE scale) or the number of images']
+    return '\n'.join(lines)

@@ -45,8 +45,8 @@ def lambdas_per_forward(text):
 
 
 def get_args(argv=None):
-    p = FlagParser(description=__doc__.split('\n\n')[0],
-                                epilog=__doc__.split('\n\n', 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = FlagParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group('model')
     g.add_argument('--model', default=None, help=f'registered model name (default: {DEFAULT_MODEL}; with --weights '
                    "of a checkpoint that records its config, the checkpoint's model, which --model must then match)")
@@ -109,11 +109,12 @@ def load_model(args):
                 raise ValueError(f'{args.weights} records its model config; --model_args cannot change it')
             expected = CONFIGS.get(args.model)
             if explicit and expected is not None:
-                differ = sorted(k for k, v in RDConfig.from_dict(expected).to_dict().items() if ckpt['config'].get(k) != v)
+                differ = sorted(k for k, v in RDConfig.from_dict(expected).to_dict().items()
+                                if ckpt['config'].get(k) != v)
                 if differ:
-                    raise ValueError(f'{args.weights} holds a {ckpt.get("model_name", "model")} whose config differs from '
-                                     f'{args.model} in {", ".join(differ)}; drop --model to evaluate the '
-                                     f"checkpoint's own model, or give the weights of a {args.model}")
+                    raise ValueError(f'{args.weights} holds a {ckpt.get("model_name", "model")} whose config '
+                                     f'differs from {args.model} in {", ".join(differ)}; drop --model to evaluate '
+                                     f"the checkpoint's own model, or give the weights of a {args.model}")
             model, ckpt = model_from_checkpoint(path)
             name = ckpt.get('model_name') or os.path.splitext(os.path.basename(path))[0]
         else:

@@ -42,8 +42,7 @@ EXIT_BAD_STEPS = 3  # exit status after --max_bad_steps non-finite losses in a r
 
 # ------------------------------------------------------------------------------------------------ flags
 def get_parser():
-    p = FlagParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = FlagParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group('model')
     g.add_argument('--model', default='rd_model_base', help='zoo model name (lvae.list_models())')
     g.add_argument('--model_args', default='', help="config overrides as Python literals, e.g. "

@@ -172,13 +172,6 @@ def _fmt(value, spec):
     return format(value, spec) if np.isfinite(value) else 'n/a'
 
 
-def resolve_anchor(anchor, dataset, missing_ok=False):
-    """``anchor``: a shipped codec name or an R-D JSON path -> ``(label, bpp, psnr)``; ``None`` when the codec
-    has no curve for ``dataset`` and ``missing_ok``."""
-    found = resolve_anchor_curve(anchor, dataset, missing_ok)
-    return None if found is None else (found[0], found[1]['bpp'], found[1]['psnr'])
-
-
 def default_anchor(dataset):
     """The BD-rate reference of ``dataset``: the true R(D) for a source (:mod:`lvae.sources`), else VTM 18.0."""
     from lvae.sources import is_source
@@ -186,8 +179,9 @@ def default_anchor(dataset):
 
 
 def resolve_anchor_curve(anchor, dataset, missing_ok=False, test_psnr=None):
-    """As :func:`resolve_anchor`, but -> ``(label, curve dict)`` with every PSNR convention the anchor has.
-    ``anchor`` :data:`TRUE_RD` is the true R(D) of a source ``dataset`` over the PSNRs of ``test_psnr``."""
+    """``anchor``: a shipped codec name, :data:`TRUE_RD` (the true R(D) of a source ``dataset`` over the PSNRs
+    of ``test_psnr``) or an R-D JSON path -> ``(label, curve dict)`` with every PSNR convention the anchor has;
+    ``None`` when there is no such curve for ``dataset`` and ``missing_ok``."""
     from lvae.sources import is_source, true_curve
     if anchor == TRUE_RD:
         if is_source(dataset) and test_psnr is not None:
@@ -226,7 +220,8 @@ def main(argv=None):
         anchor_key = args.anchor or default_anchor(dataset)
         if dataset is None and not os.path.isfile(anchor_key):
             raise ValueError(f'{args.result} names no dataset; pass --dataset NAME')
-        anchor_name, anchor = resolve_anchor_curve(anchor_key, dataset, test_psnr=read['curve']['psnr'])
+        test_psnr = read['curve']['psnr'] + read['curve'].get('psnr_of_mean_mse', [])  # as eval-var-rate.py
+        anchor_name, anchor = resolve_anchor_curve(anchor_key, dataset, test_psnr=test_psnr)
         interval, note = None, ''
         if read['per_image'] is not None:
             from lvae.intervals import bootstrap, describe  # lvae.intervals computes its BD-rates with this module

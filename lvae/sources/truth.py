@@ -37,7 +37,8 @@ def excess_table(name, curve):
              '| bpp | PSNR of mean MSE (dB) | true R(D) (bpp) | above the truth (bpp) | above the truth (%) |',
              '|---:|---:|---:|---:|---:|']
     for b, p, t, g, pc in zip(curve['bpp'], curve['psnr_of_mean_mse'], true_bpp, gap, percent):
-        lines.append(f'| {b:.4f} | {p:.3f} | {t:.4f} | {g:+.4f} | {pc:+.1f}% |')
+        share = f'{pc:+.1f}%' if np.isfinite(pc) else 'n/a (R(D) = 0 here)'
+        lines.append(f'| {b:.4f} | {p:.3f} | {t:.4f} | {g:+.4f} | {share} |')
     below = int((gap < 0).sum())
     lines += ['', f'every point lies above the truth (smallest excess {gap.min():+.4f} bpp)' if not below else
               f'WARNING: {below} of {len(gap)} points lie BELOW the true R(D): a bound cannot; check the units '

@@ -112,7 +112,7 @@ def main():
             study = json.load(f)
     if not args.plot_only:
         for entry in MODELS:
-            train_and_evaluate(*entry, study['runs'] if 'runs' in study else study.setdefault('runs', {}))
+            train_and_evaluate(*entry, study.setdefault('runs', {}))
         save_json(path, {'source': SOURCE, **study})
     plot(os.path.join(REPO, 'results', f'{SOURCE}-study.png'), study.get('runs', {}))
 

@@ -23,6 +23,7 @@ import bjontegaard
 import numpy as np
 
 from lvae.results import CONVENTIONS, convention_psnr, dataset_curves, per_image_figures
+from lvae.sources import excess_table, is_source, true_curve
 
 ANCHORS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'anchors.json')
 DEFAULT_ANCHOR = 'vtm-18.0'
@@ -174,7 +175,6 @@ def _fmt(value, spec):
 
 def default_anchor(dataset):
     """The BD-rate reference of ``dataset``: the true R(D) for a source (:mod:`lvae.sources`), else VTM 18.0."""
-    from lvae.sources import is_source
     return TRUE_RD if is_source(dataset) else DEFAULT_ANCHOR
 
 
@@ -182,7 +182,6 @@ def resolve_anchor_curve(anchor, dataset, missing_ok=False, test_psnr=None):
     """``anchor``: a shipped codec name, :data:`TRUE_RD` (the true R(D) of a source ``dataset`` over the PSNRs
     of ``test_psnr``) or an R-D JSON path -> ``(label, curve dict)`` with every PSNR convention the anchor has;
     ``None`` when there is no such curve for ``dataset`` and ``missing_ok``."""
-    from lvae.sources import is_source, true_curve
     if anchor == TRUE_RD:
         if is_source(dataset) and test_psnr is not None:
             return true_curve(dataset, test_psnr)
@@ -234,7 +233,6 @@ def main(argv=None):
         if read['per_image'] is None:
             print('\nno interval: the file has no per-image figures')
         if anchor_key == TRUE_RD:
-            from lvae.sources import excess_table
             print('\n' + excess_table(dataset, read['curve']))
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)

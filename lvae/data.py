@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from lvae.images import ImageError, list_images, load_image
 from lvae.paths import dataset_path
+from lvae.sources import get_source, is_source
+from lvae.training.signals import ignore_stop_signals
 
 MAX_RETRIES = 100  # draws before giving up on a folder whose files are (nearly) all unreadable
 
@@ -97,7 +99,6 @@ class SourceSamples(torch.utils.data.Dataset):
     image is seen twice; ``length`` items make one nominal pass over the data."""
 
     def __init__(self, name, length=10_000):
-        from lvae.sources import get_source
         self.source, self.length = get_source(name), length
 
     def __len__(self):
@@ -113,7 +114,6 @@ class SourceSamples(torch.utils.data.Dataset):
 def training_set(name, crop=256, hflip=True):
     """The training set of ``--trainset``: fresh draws of a source (its own image size; ``crop`` and ``hflip``
     do not apply), else random crops of an image folder or known dataset (:class:`ImageFolderCrops`)."""
-    from lvae.sources import is_source
     return SourceSamples(name) if is_source(name) else ImageFolderCrops(name, crop=crop, hflip=hflip)
 
 
@@ -121,7 +121,6 @@ def endless_batches(dataset, batch_size, rank=0, world=1, seed=0, workers=4, pin
     """This rank's share of ``dataset`` in batches, forever: ``(epoch, batch)``, re-shuffled at each pass over
     the data (a ``DistributedSampler`` with ``seed``), starting at pass ``epoch``. Loader workers ignore
     SIGTERM / SIGINT, which the training process handles (:mod:`lvae.training.signals`)."""
-    from lvae.training.signals import ignore_stop_signals
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
                                                   drop_last=len(dataset) >= world)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,

@@ -27,7 +27,8 @@ from lvae.models.rd.model import RDConfig
 from lvae.models.rd.zoo import CONFIGS, PRETRAINED, WEIGHTS_DIR
 from lvae.paths import dataset_name
 from lvae.plotting import plot_rd
-from lvae.results import CONVENTIONS, convention_psnr, dataset_record, per_image_figures, save_json, weights_label
+from lvae.results import (CONVENTIONS, check_writable, convention_psnr, dataset_record, per_image_figures, save_json,
+                          weights_label)
 from lvae.sources import excess_table, is_source, source_record
 
 # Published curves drawn for comparison when the dataset has them (shipped in lvae/data/anchors.json).
@@ -223,6 +224,9 @@ def main(argv=None):
             if args.anchor:
                 resolve_anchor_curve(args.anchor, test_set, missing_ok=True)  # a bad --anchor fails before the work
         model, model_name, weights, sha256 = load_model(args)
+        out = args.output or os.path.join('runs', 'eval', f'{args.name or model_name}-{test_set}.json')
+        for path in (out, os.path.splitext(out)[0] + '.png'):
+            check_writable(path)  # before the work, not after it
         lambdas = lambda_grid(args.lmb_range or model.config.lmb_range, args.steps)
         if args.device is None:
             device = default_device()
@@ -245,7 +249,6 @@ def main(argv=None):
     name = args.name or model_name
     for s in result['skipped']:
         print(f'skipped {s["file"]}: {s["reason"]}', file=sys.stderr)
-    out = args.output or os.path.join('runs', 'eval', f'{name}-{test_set}.json')
     refs = references(args, test_set, result['psnr'] + result['psnr_of_mean_mse'])
     intervals = bootstrap(*per_image_figures(result), anchors={key: curve for key, (_, curve) in refs.items()})
     bd = bd_summary(result, refs, intervals)

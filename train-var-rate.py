@@ -20,6 +20,7 @@ import secrets
 import signal
 import sys
 
+from tqdm import tqdm
 
 import lvae
 from lvae import accel
@@ -28,16 +29,26 @@ from lvae.cli import FlagParser, parse_model_args
 from lvae.data import endless_batches, parse_transform, training_set
 from lvae.evaluation import resolve_images
 from lvae.models.rd.model import VariableRateLossyVAE
+from lvae.models.rd.zoo import registered_config
 from lvae.sources import is_source
 from lvae.training import Recipe, Trainer
 from lvae.training.distributed import Processes
 from lvae.training.logs import Progress, RunLog, check_wandb_login, describe
-from lvae.training.runs import (RunState, UsageError, continue_run, continued_run, create_run_folder, load_run,
-                                new_run_folder, save_checkpoints, seed_everything, write_args)
-from lvae.training.signals import StopSignals
+from lvae.training.runs import (RunClaim, RunState, UsageError, check_last_pt, continue_run, continued_run, load_run,
+                                prepare_run_folder, repair_last_ema, resume_flags, save_checkpoints, seed_everything,
+                                write_args)
+from lvae.training.signals import StopRequested, StopSignals
 from lvae.training.validation import run_validation
 
 EXIT_BAD_STEPS = 3  # exit status after --max_bad_steps non-finite losses in a row
+EXIT_IO = 74        # a checkpoint or run file could not be written (sysexits' EX_IOERR)
+ELASTIC_WAIT = 60   # seconds a restarted torchrun worker waits for the dead worker group's hold on the run folder
+# Flags that define a run: on --resume they come from its last.pt, and another value given is an error. Every
+# other flag may change on --resume (--iterations to extend a run, --lr after a failure, --valset, ...): the
+# change is printed and recorded in the run's checkpoints (flag_changes).
+RUN_DEFINING = ('model', 'model_args', 'weights', 'trainset', 'transform', 'batch_size', 'accum_num', 'ema',
+                'fixseed', 'seed', 'wbproject', 'name')
+VALIDATION_FLAGS = {'valset', 'val_steps', 'val_images'}
 
 
 # ------------------------------------------------------------------------------------------------ flags
@@ -81,8 +92,8 @@ def get_parser():
     g = p.add_argument_group('logging and checkpoints')
     g.add_argument('--name', default=None, help='run name (default: <model>_<n>, n incrementing)')
     g.add_argument('--runs_root', default='runs', help='runs live in <runs_root>/<wbproject>/<name>/')
-    g.add_argument('--resume', default=None, help='run folder or name to continue (flags given now override '
-                   'the saved ones)')
+    g.add_argument('--resume', default=None, help='run folder or name to continue: its flags come from its last.pt; '
+                   'those that define the run cannot change, others given now are recorded as changes')
     g.add_argument('--eval_interval', type=int, default=2000, help='validate and checkpoint every N iterations')
     g.add_argument('--save_interval', type=int, default=0, help='also checkpoint every N iterations (0: only '
                    'at validation)')
@@ -119,17 +130,38 @@ def check_args(args):
 
 
 def resolve_flags(parser, argv, procs):
-    """Before the rendezvous, on every rank: the checked flags (a continued run's saved ones, overridden by those
-    given now), the continued run's folder and last.pt (None, None for a new run; None for the checkpoint of a
-    restarted run that died before its first one)."""
+    """Before the rendezvous, on every rank: the checked flags (a continued run's saved ones, with the changes given
+    now: see :data:`RUN_DEFINING`), the continued run's folder and last.pt (None, None for a new run; None for the
+    checkpoint of a restarted run that died before its first one), and the flags changed."""
     args = check_args(parser.parse_args(argv))
     folder = continued_run(args, procs, os.path.join(args.runs_root, args.wbproject))
     ckpt = load_run(folder) if folder and os.path.exists(os.path.join(folder, 'last.pt')) else None
+    changes = {}
     if ckpt:
-        args = argparse.Namespace(**{**vars(parser.parse_args([])), **ckpt['args'], **explicit_flags(parser, argv)})
-        args.resume = folder
-        check_args(args)
-    return args, folder, ckpt
+        check_last_pt(folder, ckpt)
+        flags, changes = resume_flags(ckpt['args'], explicit_flags(parser, argv), vars(parser.parse_args([])),
+                                      RUN_DEFINING)
+        args = check_args(argparse.Namespace(**{**flags, 'resume': folder}))
+    return args, folder, ckpt, changes
+
+
+def claim_folder(args, folder, ckpt, procs):
+    """Rank 0 claims the run's folder (lvae.training.runs.RunClaim): a new one, or the one it continues (a restarted
+    torchrun worker waits for the dead group's hold to go). Returns ``(claim, folder)``: the claim on rank 0
+    (None elsewhere), the folder on every rank."""
+    held = []
+
+    def claim():
+        if folder:
+            identity = {'model': args.model, 'config': ckpt['config'] if ckpt else
+                        registered_config(args.model, args.model_kw), 'created': None}
+            held.append(RunClaim.existing(folder, identity, wait=ELASTIC_WAIT if procs.restarts else 0))
+        else:
+            held.append(RunClaim.new(os.path.join(args.runs_root, args.wbproject), args.name, args.model,
+                                     registered_config(args.model, args.model_kw), procs.run_id))
+        return held[0].folder
+    path = procs.from_master(claim)
+    return (held[0] if held else None), path
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -137,24 +169,26 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser, procs = get_parser(), Processes.from_env()
     try:
-        args, folder, ckpt = resolve_flags(parser, argv, procs)  # a bad flag stops every rank at once
+        args, folder, ckpt, changes = resolve_flags(parser, argv, procs)  # a bad flag stops every rank at once
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     device = procs.init(args.device)
+    claim = None
     try:
-        folder = folder or procs.from_master(lambda: new_run_folder(args, os.path.join(args.runs_root,
-                                                                                       args.wbproject)))
-        args.name = os.path.basename(os.path.normpath(folder))
         procs.from_master(lambda: check_wandb_login(args))
         trainset = training_set(args.trainset, **args.transform_kw)
         if max(1, len(trainset) // procs.world) < args.batch_size:
             raise UsageError(f'{len(trainset)} training images cannot fill one batch of {args.batch_size} per '
                              f'process on {procs.world} process(es)')
         val_images = args.valset if is_source(args.valset) else resolve_images(args.valset)
+        claim, folder = claim_folder(args, folder, ckpt, procs)  # last: a bad flag leaves no folder behind
+        args.name = os.path.basename(os.path.normpath(folder))
     except (ValueError, FileNotFoundError) as e:
         if procs.master:
             print(f'error: {e}', file=sys.stderr)
+        if claim:
+            claim.release()
         procs.close()
         return 2
     if args.fixseed:
@@ -165,24 +199,52 @@ def main(argv=None):
     else:
         model = lvae.get_model(args.model, pretrained=args.weights or False, **args.model_kw)
     trainer = Trainer(accel.prepare(model, device, compile=args.compile).train(), Recipe.from_flags(args))
-    run = continue_run(ckpt, trainer, procs, device, args.seed) if ckpt else RunState()
+    run = continue_run(ckpt, trainer, procs, device, args.seed, changes) if ckpt else RunState()
     batches = endless_batches(trainset, args.batch_size, procs.rank, procs.world, args.seed, args.workers,
                               pin_memory=device.type == 'cuda', epoch=run.epoch)
     log = None
-    if procs.master:
-        create_run_folder(folder, procs.run_id)
-        run.wandb_id = run.wandb_id or secrets.token_hex(4)  # fixed before wandb starts: a resumed run keeps it
-        write_args(folder, args)
-        log = RunLog(args, folder, val_images, run.wandb_id)
-        print(describe(args, trainer, procs, device, trainset, folder, resumed=ckpt is not None), flush=True)
-    progress = Progress(args, trainer, procs, log.wb if log else None)
-    if procs.master and trainer.iter == 0:
-        run_validation(folder, args, trainer, run, log, device)
-    procs.barrier()
-    status = None
     try:
-        with StopSignals() as stop:
-            while trainer.iter < args.iterations:
+        if procs.master:
+            prepare_run_folder(folder, procs.run_id)
+            if ckpt:
+                repair_last_ema(folder, ckpt)
+            run.wandb_id = run.wandb_id or secrets.token_hex(4)  # fixed before wandb starts: a resumed run keeps it
+            write_args(folder, args)
+            legacy_best = ckpt.get('best_key') if ckpt and not VALIDATION_FLAGS & changes.keys() else None
+            log = RunLog(args, folder, val_images, run.wandb_id, legacy_best)
+            print(describe(args, trainer, procs, device, trainset, folder, ckpt is not None, changes), flush=True)
+    except OSError as e:
+        print(f'error: cannot write to the run folder {folder}: {e}', file=sys.stderr)
+        batches.close()
+        claim.release()
+        procs.close()
+        return EXIT_IO
+    progress = Progress(args, trainer, procs, log.wb if log else None)
+    status, saved = None, trainer.iter if ckpt else None
+    try:
+        with StopSignals() as stop:  # from here on a stop ends the run cleanly, during the first validation too
+
+            def checkpoint(name='last.pt'):
+                with stop.shielded():
+                    save_checkpoints(folder, args, trainer, run, procs, device, name=name)
+
+            def validate_if_due():
+                """Rank 0 validates an iteration due for it, unless done (a stop abandons it at once: it is redone on
+                resume); every rank waits."""
+                it = trainer.iter
+                if procs.master and (it == 0 or it % args.eval_interval == 0 or it == args.iterations) \
+                        and not log.record.done(it):
+                    try:
+                        run_validation(folder, args, trainer, run, log, device, stop)
+                    except StopRequested:
+                        tqdm.write(f'validation of iteration {it} abandoned: it is redone on --resume')
+                procs.barrier()
+
+            if saved is None:
+                checkpoint()  # last.pt of iteration 0: a stop during the first validation leaves a run to resume
+                saved = trainer.iter
+            validate_if_due()
+            while trainer.iter < args.iterations and not procs.any(stop.requested):
                 micro = []
                 for _ in range(args.accum_num):
                     run.epoch, (im, skipped) = next(batches)
@@ -191,37 +253,43 @@ def main(argv=None):
                 out = trainer.step(micro)
                 progress.step(trainer, run, out, sum(len(im) for im in micro), device)
                 if progress.log_due(trainer.iter) and int(trainer.counters['longest_bad_run']) >= args.max_bad_steps:
-                    save_checkpoints(folder, args, trainer, run, procs, device, name='failed.pt')
+                    checkpoint('failed.pt')
                     if procs.master:
-                        print(f'error: {args.max_bad_steps} non-finite losses in a row by iteration {trainer.iter} '
+                        print(f'\nerror: {args.max_bad_steps} non-finite losses in a row by iteration {trainer.iter} '
                               f'(lr {float(out["lr"]):.3g}); stopping. The failing state is in '
                               f'{os.path.join(folder, "failed.pt")}; last.pt holds the last checkpoint. Try a lower '
                               f'--lr, --grad_clip or --amp none.', file=sys.stderr)
                     status = EXIT_BAD_STEPS
                     break
-                validate_now = trainer.iter % args.eval_interval == 0 or trainer.iter == args.iterations
-                save_now = validate_now or (args.save_interval and trainer.iter % args.save_interval == 0)
-                if save_now:
-                    metrics = run_validation(folder, args, trainer, run, log, device) if procs.master and \
-                        validate_now else None
-                    save_checkpoints(folder, args, trainer, run, procs, device, metrics)
-                    procs.barrier()
-                if procs.any(stop.requested):
-                    if not save_now:
-                        save_checkpoints(folder, args, trainer, run, procs, device)
-                    signum = stop.signum or signal.SIGTERM
-                    if procs.master:
-                        print(f'\nstopped by {signal.Signals(signum).name} at iteration {trainer.iter}: last.pt '
-                              f'holds it; continue with --resume {folder}', file=sys.stderr)
-                    status = 128 + signum
-                    break
+                if trainer.iter % args.eval_interval == 0 or trainer.iter == args.iterations or (
+                        args.save_interval and trainer.iter % args.save_interval == 0):
+                    checkpoint()  # last.pt first, then the validation: a failure there leaves this iteration's
+                    saved = trainer.iter
+                    validate_if_due()
+            if status is None and procs.any(stop.requested):
+                if saved != trainer.iter:
+                    checkpoint()
+                signum = stop.signum or signal.SIGTERM
+                if procs.master:
+                    print(f'\nstopped by {signal.Signals(signum).name} at iteration {trainer.iter}: last.pt holds it; '
+                          f'continue with --resume {folder}', file=sys.stderr)
+                status = 128 + signum
     except KeyboardInterrupt:  # a second Ctrl-C
         if procs.master:
             print(f'\ninterrupted at iteration {trainer.iter}; resume from the last checkpoint with --resume '
                   f'{folder}', file=sys.stderr)
         status = 130
+    except OSError as e:  # a full disk, an unwritable run folder: the previous last.pt is intact
+        if procs.master:
+            then = (f'last.pt holds iteration {saved}: free some space (or fix the folder), then continue with '
+                    f'--resume {folder}') if saved is not None else \
+                f'no checkpoint was written: free some space, remove {folder} and start again'
+            print(f'\nerror: {e}; {then}', file=sys.stderr)
+        status = EXIT_IO
     finally:
         batches.close()  # the loader's workers leave signals to us (lvae.data.endless_batches): end them here
+        if claim:
+            claim.release()
     progress.close(trainer, run, status is None, folder)
     if log:
         log.wb.finish()

@@ -106,19 +106,32 @@ def read_curve(path):
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f'cannot read R-D curve {path}: {e}') from e
     results = data.get('results', data) if isinstance(data, dict) else None
-    if not isinstance(results, dict) or 'bpp' not in results or 'psnr' not in results:
+    if not isinstance(results, dict) or results.get('bpp') is None or results.get('psnr') is None:
         raise ValueError(f"{path} holds no R-D curve (expected 'bpp' and 'psnr' lists, at the top level or "
-                         f"under 'results')")
+                         f"under 'results', and got {sorted(results) if isinstance(results, dict) else results!r})")
     try:
         per_image = per_image_figures(data)
     except ValueError as e:
         raise ValueError(f'{path}: {e}') from None
-    curve = {key: results[key] for key in ('bpp', 'psnr', 'psnr_of_mean_mse', 'mse_255') if key in results}
+    curve = {key: _numbers(path, key, results[key], len(results['bpp']) if key != 'bpp' else None)
+             for key in ('bpp', 'psnr', 'psnr_of_mean_mse', 'mse_255')
+             if results.get(key) is not None or key in ('bpp', 'psnr')}
     if 'psnr_of_mean_mse' not in curve and per_image is not None:
         curve['psnr_of_mean_mse'] = dataset_curves(*per_image)['psnr_of_mean_mse'].tolist()
     return {'name': data.get('name') or os.path.splitext(os.path.basename(path))[0],
             'dataset': data.get('test-set') or data.get('dataset_name'), 'curve': curve, 'per_image': per_image,
             'intervals': data.get('intervals') if isinstance(data.get('intervals'), dict) else None}
+
+
+def _numbers(path, key, values, length=None):
+    """``values`` as a list of finite numbers (of ``length``), or a ValueError naming the file and the field."""
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               and np.isfinite(v) for v in values):
+        raise ValueError(f'{path}: results.{key} must be a list of finite numbers (one per point), got '
+                         f'{json.dumps(values)[:80]}')
+    if length is not None and len(values) != length:
+        raise ValueError(f'{path}: results.{key} has {len(values)} values but results.bpp has {length}')
+    return values
 
 
 def bd_table(test, anchor, name='test', anchor_name='anchor', dataset='', interval=None, interval_note='',

@@ -1,38 +1,7 @@
 """Helpers shared by the command-line scripts: flags in either spelling, safe parsing of ``--model_args``."""
 import argparse
-import ast
 
-from lvae.models.rd.model import RDConfig
-
-
-def parse_model_args(text):
-    """``"lmb_range=(4,2048), smooth_mean=False"`` -> dict of config overrides.
-
-    Every key must be an :class:`RDConfig` field and every value a Python literal (number, string, tuple,
-    list, bool, None); nothing is evaluated: the text is parsed with :mod:`ast`. Raises ValueError with a
-    message naming the offending part.
-    """
-    if not text or not text.strip():
-        return {}
-    try:
-        call = ast.parse(f'_({text})', mode='eval').body
-    except SyntaxError as e:
-        raise ValueError(f'--model_args {text!r} is not a list of KEY=VALUE literals ({e.msg}); '
-                         f'example: "lmb_range=(16,1024)"') from None
-    if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
-        raise ValueError(f'--model_args {text!r}: expected comma-separated KEY=VALUE pairs, e.g. '
-                         f'"lmb_range=(16,1024)"')
-    fields = RDConfig.__dataclass_fields__
-    out = {}
-    for kw in call.keywords:
-        if kw.arg not in fields:
-            raise ValueError(f'--model_args: unknown config field {kw.arg!r}; known: {", ".join(fields)}')
-        try:
-            out[kw.arg] = ast.literal_eval(kw.value)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            raise ValueError(f'--model_args: the value of {kw.arg} must be a Python literal (number, string, '
-                             f'tuple, list, bool), got {ast.unparse(kw.value)!r}') from None
-    return out
+from lvae.models.rd.zoo import parse_model_args  # noqa: F401  (the scripts' --model_args)
 
 
 class FlagParser(argparse.ArgumentParser):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from lvae.images import ImageError, list_images, load_image
 from lvae.paths import dataset_path
-from lvae.sources import get_source, is_source
+from lvae.sources import GaussianField, get_source, resolve
 from lvae.training.signals import ignore_stop_signals
 
 MAX_RETRIES = 100  # draws before giving up on a folder whose files are (nearly) all unreadable
@@ -66,7 +66,7 @@ class ImageFolderCrops(torch.utils.data.Dataset):
     crop (3, crop, crop) float in [0, 1], skipped the number of unreadable files passed over for it."""
 
     def __init__(self, root, crop=256, hflip=True):
-        self.root = dataset_path(root)
+        self.root = root if os.path.isdir(root) else dataset_path(root)
         self.paths = list_images(self.root)
         if not self.paths:
             raise FileNotFoundError(f'no image files in training folder {self.root}')
@@ -114,7 +114,8 @@ class SourceSamples(torch.utils.data.Dataset):
 def training_set(name, crop=256, hflip=True):
     """The training set of ``--trainset``: fresh draws of a source (its own image size; ``crop`` and ``hflip``
     do not apply), else random crops of an image folder or known dataset (:class:`ImageFolderCrops`)."""
-    return SourceSamples(name) if is_source(name) else ImageFolderCrops(name, crop=crop, hflip=hflip)
+    found = resolve(name)
+    return SourceSamples(name) if isinstance(found, GaussianField) else ImageFolderCrops(found, crop=crop, hflip=hflip)
 
 
 def endless_batches(dataset, batch_size, rank=0, world=1, seed=0, workers=4, pin_memory=False, epoch=0):

@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lvae import accel
-from lvae.datasets import find_or_download
 from lvae.images import ImageError, check_images, list_images, load_image
 from lvae.models.rd.model import MAX_STRIDE
 from lvae.results import dataset_curves, psnr
-from lvae.sources import get_source, is_source
+from lvae.sources import get_source, is_source, resolve
 
 BPP_PIXELS = ('original', 'padded')
 # Where the posterior draws are made. 'device': on the model's device (no host work or copy; the draws differ
@@ -69,7 +68,9 @@ def resolve_images(images, progress=True):
     """A folder, a known dataset name (a known test set that is missing is downloaded first), or a list of
     paths -> a list of file paths."""
     if isinstance(images, (str, os.PathLike)):
-        folder = find_or_download(images, progress=progress)
+        folder = resolve(os.fspath(images), download=True)
+        if not isinstance(folder, str):
+            raise ValueError(f'{images} is a source: evaluate its held-out sample with evaluate_bound(model, {images!r})')
         paths = list_images(folder)
         if not paths:
             raise FileNotFoundError(f'no image files in {folder}')
@@ -187,6 +188,16 @@ def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None, noise='devic
     return bits, mse
 
 
+def check_finite_weights(model):
+    """A ValueError naming the tensors of ``model``'s state-dict that hold NaN or infinity (its bound would be NaN)."""
+    state = model.state_dict()
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"the model's weights hold non-finite values in {len(bad)} of {len(state)} tensors "
+                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): its bound would be NaN; no "
+                         f"result is written")
+
+
 def outside_range(lambdas, lmb_range):
     """Per lambda: True where it lies outside ``lmb_range`` (the range the model was trained on), beyond the
     rounding of a log-spaced grid's ends."""
@@ -249,6 +260,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         raise InvalidImagesError(bad)
     if not items:
         raise InvalidImagesError(bad) if bad else ValueError('no images to evaluate')
+    check_finite_weights(model)
     device = torch.device(device) if device is not None else default_device()
     model = accel.prepare(model, device).eval()
     sizer = _BatchSizer(device, lmb_batch)
@@ -268,6 +280,10 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         seeds = [_seed(seed, k, i, j) for k in range(K) for j in range(L)]
         with tf32(tf32_ok):
             bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp, noise=noise)
+        if not (np.isfinite(bits).all() and np.isfinite(mse).all()):
+            at = [round(v, 4) for v, b, m in zip(lambdas * K, bits, mse) if not np.isfinite(b + m)]
+            raise ValueError(f'{name}: the model gave a non-finite rate or distortion at lambda {at[:4]}; no result '
+                             f'is written')
         all_bpp[:, i], all_mse[:, i] = (bits / pixels).reshape(K, L), mse.reshape(K, L)
         img_bpp, img_psnr = all_bpp[:, i].mean(0), psnr(all_mse[:, i]).mean(0)
         per_image.append({'file': name, 'height': h, 'width': w, 'bpp': img_bpp.tolist(),

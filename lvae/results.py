@@ -15,6 +15,7 @@ import tempfile
 import numpy as np
 
 from lvae.checkpoint import is_url, sha256_file
+from lvae.errors import write_failure
 
 CONVENTIONS = {'psnr': 'mean of per-image PSNR (paper)', 'psnr_of_mean_mse': 'PSNR of mean MSE'}
 
@@ -95,8 +96,26 @@ def atomic_path(path):
             os.remove(tmp)
 
 
+def check_writable(path):
+    """Raise OSError naming ``path`` unless a file can be written there: ``path`` is not a folder, its folder exists
+    (or is made) and takes a new file. For checking an output before the work that fills it, not after."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f'{path} is a folder; give a file name, e.g. {os.path.join(path, "result.json")}')
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    except OSError as e:
+        raise OSError(f'cannot write {path}: {write_failure(e, folder)}') from None
+    os.close(fd)
+    os.remove(tmp)
+
+
 def save_json(path, data):
-    """Write ``data`` as indented JSON to ``path`` atomically (:func:`atomic_path`)."""
+    """Write ``data`` as indented JSON to ``path`` atomically (:func:`atomic_path`). NaN and infinity are refused
+    (ValueError) before anything is written: a result that holds them is a failed one, never a file."""
+    text = json.dumps(data, indent=1, allow_nan=False)
     with atomic_path(path) as tmp, open(tmp, 'w') as f:
-        json.dump(data, f, indent=1)
+        f.write(text)
     return path

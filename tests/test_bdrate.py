@@ -90,6 +90,19 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert '--dataset' in capsys.readouterr().err
     assert main([str(plain), '--dataset', 'nowhere']) == 2
     assert "no vtm-18.0 curve for dataset 'nowhere'" in capsys.readouterr().err
+    for results, words in [({'bpp': None, 'psnr': [30, 32, 34, 36]}, 'holds no R-D curve'),
+                           ({'bpp': [1, 2, 3, 4], 'psnr': [30, None, 34, 36]}, 'results.psnr must be a list of finite'),
+                           ({'bpp': [1, 2, 3, 4], 'psnr': [30, 32, 34]}, 'results.psnr has 3 values but results.bpp '
+                                                                         'has 4'),
+                           ({'bpp': [1, 2, 3, 4], 'psnr': [30, 32, 34, 36], 'psnr_of_mean_mse': 'x'},
+                            'results.psnr_of_mean_mse must be a list')]:
+        plain.write_text(json.dumps({'results': results, 'test-set': 'kodak'}))
+        assert main([str(plain)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f'error: {plain}') and words in err and len(err.splitlines()) == 1, err
+    plain.write_text(json.dumps({'results': {'bpp': [1, 2, 3, 4], 'psnr': [30, 32, 34, 36], 'psnr_of_mean_mse': None},
+                                 'test-set': 'kodak'}))
+    assert main([str(plain)]) == 0   # a null optional field is an absent one
 
 
 def row(table, convention, method='cubic'):

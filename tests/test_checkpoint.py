@@ -1,6 +1,7 @@
 """Loading weights: local files, URLs (against a server on 127.0.0.1), errors, atomic saves."""
 import functools
 import http.server
+import argparse
 import os
 import threading
 
@@ -78,13 +79,44 @@ def test_unreachable_url_says_what_to_do(hub_dir):
         checkpoint.download('http://127.0.0.1:9/none.pt', progress=False)
 
 
-def test_not_a_checkpoint(tmp_path):
-    bad = tmp_path / 'notes.pt'
-    bad.write_text('hello')
-    with pytest.raises(ValueError, match='notes.pt is not a readable PyTorch checkpoint'):
-        lvae.get_model('rd_model_tiny', pretrained=str(bad))
+def test_files_that_are_not_checkpoints_are_named_with_what_they_are(tiny_ckpt, tmp_path):
+    """Empty, text, truncated, a folder, pickled objects: one line each, naming the file, never torch's advice to
+    load it unsafely."""
+    _, good = tiny_ckpt
+    (tmp_path / 'empty.pt').write_bytes(b'')
+    (tmp_path / 'notes.pt').write_text('hello')
+    (tmp_path / 'cut.pt').write_bytes(good.read_bytes()[:1000])
+    torch.save({'args': argparse.Namespace(lr=1e-4)}, tmp_path / 'objects.pt')
+    cases = {'empty.pt': r'is empty \(0 bytes\)', 'notes.pt': 'is not a PyTorch checkpoint .*a text file',
+             'cut.pt': 'is truncated or corrupt', 'objects.pt': 'holds Python objects other than tensors',
+             '': 'is a folder, not a checkpoint file'}
+    for name, words in cases.items():
+        with pytest.raises(ValueError, match=words) as err:
+            lvae.get_model('rd_model_tiny', pretrained=str(tmp_path / name))
+        assert str(tmp_path / name) in str(err.value) and 'weights_only=False' not in str(err.value)
+        assert '\n' not in str(err.value)
     with pytest.raises(FileNotFoundError, match='missing.pt'):
         lvae.get_model('rd_model_tiny', pretrained=str(tmp_path / 'missing.pt'))
+
+
+def test_a_failed_save_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / 'last.pt'
+    checkpoint.save_checkpoint({'iter': 1}, path)
+    real_save = torch.save
+
+    def full_disk(obj, f):
+        real_save(obj, f)
+        raise RuntimeError('[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0')
+
+    monkeypatch.setattr(torch, 'save', full_disk)
+    with pytest.raises(checkpoint.CheckpointWriteError, match=f'cannot write {path}: the write failed .*MiB free'):
+        checkpoint.save_checkpoint({'iter': 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {'iter': 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['last.pt']
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(checkpoint.CheckpointWriteError, match='file is a file, not a folder'):
+        checkpoint.save_checkpoint({'iter': 2}, tmp_path / 'file' / 'run' / 'last.pt')
 
 
 def test_keys_that_do_not_fit_are_named(tiny_ckpt, tmp_path):
@@ -105,7 +137,7 @@ def test_keys_that_do_not_fit_are_named(tiny_ckpt, tmp_path):
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / 'evil.pt'
     torch.save({'model': {}, 'obj': functools.partial(print, 'x')}, path)
-    with pytest.raises(ValueError, match='evil.pt is not a readable PyTorch checkpoint'):
+    with pytest.raises(ValueError, match='evil.pt holds Python objects other than tensors'):
         checkpoint.load_file(path)
 
 

@@ -158,3 +158,29 @@ def test_plotting_leaves_matplotlibs_backend_alone(tmp_path):
                          env={**os.environ, 'MPLBACKEND': 'svg', 'PYTHONPATH': REPO})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == 'svg' and (tmp_path / 'rd.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_an_output_that_cannot_be_written_fails_before_the_work(script, one_image, tmp_path, capsys):
+    """/proc, a folder, a path under a file: one line naming the path, before any image is evaluated."""
+    (tmp_path / 'file').write_text('x')
+    for out, words in [('/proc/x.json', 'cannot write /proc/x.json'), (str(tmp_path), 'is a folder; give a file name'),
+                       (str(tmp_path / 'file' / 'r.json'), f'{tmp_path / "file"} is a file, not a folder')]:
+        assert script.main(['--model', 'rd_model_tiny', '--random-init', '--steps', '4', '--dataset_name', one_image,
+                            '--output', out, '--no-progress']) == 2
+        err = capsys.readouterr()
+        assert err.err.startswith('error: ') and words in err.err and len(err.err.splitlines()) == 1, err.err
+        assert 'images,' not in err.out   # the summary line of a finished evaluation
+
+
+def test_non_finite_weights_write_nothing(script, one_image, tmp_path, capsys):
+    model = lvae.get_model('rd_model_tiny')
+    state = model.state_dict()
+    state['bias'][0, 0] = float('nan')
+    torch.save({'model': state}, tmp_path / 'nan.pt')
+    out = tmp_path / 'r.json'
+    out.write_text('{"earlier": true}')
+    assert script.main(['--model', 'rd_model_tiny', '--weights', str(tmp_path / 'nan.pt'), '--steps', '4',
+                        '--dataset_name', one_image, '--output', str(out), '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert "error: the model's weights hold non-finite values in 1 of" in err and '(bias)' in err
+    assert json.loads(out.read_text()) == {'earlier': True} and not (tmp_path / 'r.png').exists()

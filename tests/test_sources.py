@@ -111,6 +111,21 @@ def test_the_module_prints_the_true_rd():
     assert run('-m', 'lvae.sources', 'gaussian-nope').returncode == 2
 
 
+@pytest.mark.parametrize('flags, words', [(['--max_std', '-1'], '--max_std must be in (0, 0.5]'),
+                                          (['--size', '0'], '--size must be at least 8 pixels, got 0')])
+def test_fit_refuses_values_that_make_no_field(tmp_path, flags, words):
+    result = run('-m', 'lvae.sources', 'fit', str(tmp_path), *flags)
+    assert result.returncode == 2 and result.stderr.startswith(f'error: {words}')
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_an_unknown_dataset_name_lists_the_sources_too():
+    from lvae.sources import resolve
+    with pytest.raises(ValueError, match="unknown dataset 'nope'.*known datasets: kodak.*a source with a known R"
+                                         r"\(D\): gaussian-64"):
+        resolve('nope')
+
+
 def test_eval_script_on_a_source_against_the_truth(tmp_path):
     out = tmp_path / 'r.json'
     result = run('eval-var-rate.py', '--model', 'rd_model_tiny', '--random-init', '--dataset_name', 'gaussian-64',

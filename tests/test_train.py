@@ -2,6 +2,7 @@
 and resume, a restarted torchrun worker, SIGTERM, and a run written by the earlier trainer continued."""
 import glob
 import importlib.util
+import json
 import math
 import os
 import re
@@ -14,11 +15,14 @@ import time
 import pytest
 import torch
 
+import lvae
 from lvae.checkpoint import model_from_checkpoint
+from lvae.models.rd.zoo import registered_config
 from lvae.cli import parse_model_args
 from lvae.data import ImageFolderCrops, reflect_pad_to
 from lvae.images import load_image
 from lvae.training import Recipe
+from lvae.training.runs import RunClaim, UsageError, repair_last_ema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'train-var-rate.py')
@@ -355,3 +359,163 @@ def test_a_killed_torchrun_worker_costs_one_restart(photos, valset, tmp_path):
     assert 'resuming at iteration 10' in stdout
     final = load(runs / 'lvae' / 'rd_model_tiny_1' / 'last.pt')
     assert final['iter'] == 30 and len(final['rng']) == 2
+
+
+# ------------------------------------------------------------------------------------------------ run folders
+def test_a_run_folder_is_claimed_once(tmp_path):
+    """Unnamed runs get distinct folders; a named folder that holds a run is refused with the ways out; a run
+    another process works on cannot be taken over until that process dies (the OS drops its lock)."""
+    config = registered_config('rd_model_tiny')
+    first = RunClaim.new(str(tmp_path), None, 'rd_model_tiny', config)
+    second = RunClaim.new(str(tmp_path), None, 'rd_model_tiny', config)
+    assert [os.path.basename(c.folder) for c in (first, second)] == ['rd_model_tiny_1', 'rd_model_tiny_2']
+    RunClaim.new(str(tmp_path), 'mine', 'rd_model_tiny', config)
+    with pytest.raises(UsageError, match=f'{tmp_path / "mine"} already holds a rd_model_tiny run .*another --name'):
+        RunClaim.new(str(tmp_path), 'mine', 'rd_model_tiny', config)
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys; from lvae.training.runs import RunClaim; '
+                               f'RunClaim.existing({str(first.folder)!r}, {{}}); print("held", flush=True); '
+                               'sys.stdin.read()'], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    first.release()
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        with pytest.raises(UsageError, match=f'{first.folder} is in use by a running training process \\(pid '
+                                             f'{holder.pid} '):
+            RunClaim.existing(first.folder, {})
+    finally:
+        holder.kill()
+        holder.wait()
+    RunClaim.existing(first.folder, {}).release()
+
+
+@pytest.mark.slow
+def test_runs_started_together_never_share_a_folder(photos, valset, tmp_path):
+    """Two runs started at once: without --name, two folders; with one --name, one run and one clean refusal."""
+    runs = tmp_path / 'runs'
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'WANDB_SILENT': 'true'}
+    for name in ([], ['--name', 'same']):
+        procs = [subprocess.Popen([sys.executable, SCRIPT, *cli(photos, valset, runs, '--iterations', '4', *name)],
+                                  cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        results = [(p.wait(timeout=600), p.communicate()[1]) for p in procs]
+        if not name:
+            assert [rc for rc, _ in results] == [0, 0], results
+            assert sorted(os.listdir(runs / 'lvae')) == ['rd_model_tiny_1', 'rd_model_tiny_2']
+        else:
+            assert sorted(rc for rc, _ in results) == [0, 2], results
+            refusal = next(err for rc, err in results if rc == 2)
+            errors = [line for line in refusal.splitlines() if line.startswith('error:')]
+            assert len(errors) == 1 and f'{runs / "lvae" / "same"} already holds' in errors[0]
+            assert '--resume' in errors[0] and '--name' in errors[0] and 'Traceback' not in refusal
+            assert load(runs / 'lvae' / 'same' / 'last.pt')['iter'] == 4
+
+
+def test_a_resume_keeps_what_defines_the_run_and_records_what_changes(photos, valset, tmp_path):
+    """--resume: a flag that defines the run given with another value is an error naming both; a checkpoint of
+    another model or one of weights only is refused naming the file; a changed --valset never has best.pt chosen
+    by comparing two sets; every checkpoint names the model its weights are."""
+    runs = tmp_path / 'runs'
+    folder = runs / 'lvae' / 'r'
+    assert run(cli(photos, valset, runs, '--iterations', '4', '--eval_interval', '2', '--name', 'r'),
+               timeout=300).returncode == 0
+
+    refused = run(['--resume', str(folder), '--model', 'rd_model_small'], timeout=120)
+    assert refused.returncode == 2 and 'Traceback' not in refused.stderr
+    assert "--model 'rd_model_small' (the run has 'rd_model_tiny')" in refused.stderr
+    assert load(folder / 'last.pt')['iter'] == 4
+
+    other_val = tmp_path / 'other' / 'kodak'
+    other_val.mkdir(parents=True)
+    shutil.copy(sorted(valset.iterdir())[0], other_val / 'copy-a.png')
+    shutil.copy(sorted(valset.iterdir())[0], other_val / 'copy-b.png')
+    result = run(['--resume', str(folder), '--iterations', '6', '--valset', str(other_val)], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"changed on resume: --iterations 4 -> 6, --valset {str(valset)!r} -> {str(other_val)!r}" in result.stdout
+    final = load(folder / 'last.pt')
+    assert final['flag_changes'] == [{'iter': 4, 'changes': {'iterations': [4, 6],
+                                                              'valset': [str(valset), str(other_val)]}}]
+    lines = [json.loads(line) for line in open(folder / 'validations.jsonl')]
+    sets = list(dict.fromkeys(line['validation'] for line in lines))
+    assert [line['iter'] for line in lines] == [0, 2, 4, 4, 6] and len(sets) == 2   # 4 again, on the new set
+    assert [line['validation'] for line in lines] == [sets[0]] * 3 + [sets[1]] * 2
+    assert load(folder / 'best.pt')['validation'] == sets[1] and lines[-1]['best']
+    assert load(folder / f'best-{sets[0]}.pt')['validation'] == sets[0]    # the old set's best, kept
+    for path in folder.glob('*.pt'):
+        ckpt = load(path)
+        assert ckpt['model_name'] == 'rd_model_tiny' and registered_config(config=ckpt['config']) == \
+            registered_config('rd_model_tiny'), path
+
+    small = lvae.get_model('rd_model_small')
+    foreign = {**final, 'model_name': 'rd_model_small', 'config': small.config.to_dict(), 'model': small.state_dict(),
+               'args': {**final['args'], 'model': 'rd_model_small'}}
+    torch.save(foreign, folder / 'last.pt')
+    refused = run(['--resume', str(folder)], timeout=120)
+    assert refused.returncode == 2
+    assert f'{folder / "last.pt"} holds a rd_model_small, but the run in {folder} is a rd_model_tiny' in refused.stderr
+    torch.save({'model': final['model'], 'config': final['config'], 'model_name': 'rd_model_tiny'}, folder / 'last.pt')
+    refused = run(['--resume', str(folder)], timeout=120)
+    assert refused.returncode == 2 and 'is not a training checkpoint (missing: iter, optimizer, args, epoch, rng)' \
+        in refused.stderr and 'holds weights only' in refused.stderr
+
+
+def test_sigterm_during_the_first_validation_leaves_a_run_to_resume(photos, kodak_dir, tmp_path):
+    """The stop handlers are in place before the first validation: SIGTERM during it abandons it at once, exit
+    143 with last.pt of iteration 0; --resume redoes that validation and finishes."""
+    runs = tmp_path / 'runs'
+    folder = runs / 'lvae' / 'first'
+    log = tmp_path / 'stderr.txt'
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'WANDB_SILENT': 'true'}
+    with open(log, 'w') as err:
+        proc = subprocess.Popen([sys.executable, SCRIPT, *cli(photos, kodak_dir, runs, '--iterations', '2',
+                                                             '--val_steps', '16', '--name', 'first')],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            deadline = time.time() + 120
+            while not (folder / 'last_ema.pt').exists() and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            time.sleep(1)  # inside the validation of 24 images at 16 lambdas
+            proc.send_signal(signal.SIGTERM)
+            stdout, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = open(log).read()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert 'Traceback' not in stderr and 'validation of iteration 0 abandoned' in stdout
+    assert load(folder / 'last.pt')['iter'] == 0 and not (folder / 'validations.jsonl').exists()
+    result = run(['--resume', str(folder), '--val_steps', '4', '--val_images', '1'], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [json.loads(line)['iter'] for line in open(folder / 'validations.jsonl')] == [0, 2]
+    assert load(folder / 'last.pt')['iter'] == 2
+
+
+@pytest.mark.skipif(not hasattr(signal, 'SIGXFSZ'), reason='needs POSIX file-size limits')
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(photos, valset, tmp_path):
+    """A checkpoint that cannot be written (a file-size limit stands in for a full disk): one line naming the file,
+    exit 74, the previous last.pt intact."""
+    import resource
+    runs = tmp_path / 'runs'
+    folder = runs / 'lvae' / 'full'
+    assert run(cli(photos, valset, runs, '--iterations', '2', '--name', 'full'), timeout=300).returncode == 0
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))   # last.pt of rd_model_tiny takes 7.5 MB
+
+    result = run(['--resume', str(folder), '--iterations', '4'], timeout=300, preexec_fn=small_disk)
+    assert result.returncode == 74, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and errors[0].startswith(f'error: cannot write {folder / "last.pt"}: ')
+    assert 'last.pt holds iteration 2' in errors[0] and 'Traceback' not in result.stderr
+    assert load(folder / 'last.pt')['iter'] == 2 and not list(folder.glob('.*.tmp'))
+
+
+def test_a_last_ema_of_another_iteration_is_rewritten_from_last_pt(tmp_path):
+    """A stop between the two writes leaves last.pt (written first) one iteration ahead of last_ema.pt: the resume
+    rewrites last_ema.pt from last.pt's EMA, so that the pair is again of one iteration."""
+    ema = {'w': torch.ones(2)}
+    last = {'model_name': 'm', 'config': {}, 'iter': 8, 'args': {}, 'epoch': 1, 'ema': ema, 'ema_step': 8}
+    torch.save({'iter': 5, 'model': {'w': torch.zeros(2)}}, tmp_path / 'last_ema.pt')
+    assert repair_last_ema(str(tmp_path), last)
+    fixed = load(tmp_path / 'last_ema.pt')
+    assert fixed['iter'] == 8 and torch.equal(fixed['model']['w'], ema['w'])
+    assert not repair_last_ema(str(tmp_path), last)

@@ -276,3 +276,36 @@ def test_the_model_draws_the_lambdas_when_none_are_given():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     torch.manual_seed(5)
     assert float(a.eval()(im)['loss']) != losses[0]    # the update changed the weights
+
+
+def test_a_step_that_raises_leaves_the_trainer_as_it_found_it():
+    """A micro-batch that raises (an image holding NaN) after an earlier one has back-propagated: no gradient of
+    that update reaches the next, whose gradient norm is then a fresh trainer's; counters and iteration unchanged."""
+    torch.manual_seed(0)
+    model = lvae.get_model('rd_model_tiny').train()
+    fresh = copy.deepcopy(model)
+    good, bad = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    bad[0, 0, 0, 0] = float('nan')
+    lmb = torch.tensor([64.0, 256.0])
+    trainer = Trainer(model, Recipe(iterations=10, grad_clip=0), ema=False)
+    with pytest.raises(ValueError, match=r'image values must be in \[0, 1\]'):
+        trainer.step([good, bad], lmb=[lmb, lmb])
+    assert trainer.iter == 0 and all(int(v) == 0 for v in trainer.counters.values())
+    assert all(p.grad is None for p in model.parameters())
+    norms = []
+    for t in (trainer, Trainer(fresh, Recipe(iterations=10, grad_clip=0), ema=False)):
+        torch.manual_seed(3)
+        norms.append(float(t.step(good, lmb=lmb)['grad_norm']))
+    assert norms[0] == norms[1]
+
+
+@pytest.mark.parametrize('images, words', [
+    (torch.rand(0, 3, 64, 64), 'an empty batch'),
+    (torch.rand(2, 3, 64, 64, dtype=torch.float64), r'must be torch.float32 like the model, got torch.float64'),
+    (torch.rand(3, 64, 64), r'must be \(B, 3, H, W\) tensors'),
+])
+def test_batches_the_model_cannot_take_are_named(images, words):
+    trainer = Trainer(lvae.get_model('rd_model_tiny').train(), Recipe(iterations=10), ema=False)
+    with pytest.raises(ValueError, match=words):
+        trainer.step(images)
+    assert trainer.iter == 0

@@ -9,6 +9,8 @@ A source name works wherever a dataset name does in ``train-var-rate.py`` (``--t
 ``--valset``) and ``eval-var-rate.py`` (``--dataset_name``: the fixed held-out sample, against the truth).
 ``python -m lvae.sources NAME`` prints the true R(D) at a few PSNRs.
 """
+from lvae.datasets import find_or_download
+from lvae.paths import dataset_path
 from lvae.sources.gaussian import GaussianField
 
 SOURCES = {}
@@ -36,6 +38,18 @@ def get_source(name):
     return SOURCES[name]
 
 
+def resolve(name, download=False):
+    """A dataset argument -> a source (a registered source's name) or a folder (:func:`lvae.paths.dataset_path`; a
+    known test set missing on this machine is downloaded first when ``download``). An unknown name is a
+    ValueError that lists the known datasets and the sources."""
+    if is_source(name):
+        return get_source(name)
+    try:
+        return find_or_download(name) if download else dataset_path(name)
+    except ValueError as e:
+        raise ValueError(f'{e}; or a source with a known R(D): {", ".join(list_sources())}') from None
+
+
 def source_record(name):
     """What an evaluation on source ``name`` records as its dataset (the results JSON's ``dataset``)."""
     src = get_source(name)
@@ -55,4 +69,4 @@ register_source(GaussianField(
 from lvae.sources.truth import excess, excess_table, true_curve  # noqa: E402 (they use the registry above)
 
 __all__ = ['GaussianField', 'excess', 'excess_table', 'get_source', 'is_source', 'list_sources', 'register_source',
-           'source_record', 'true_curve']
+           'resolve', 'source_record', 'true_curve']

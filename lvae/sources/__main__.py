@@ -19,6 +19,11 @@ def main(argv=None):
         args = p.parse_args(argv[1:])
         from lvae.sources.fit import fit_field
         try:
+            if args.size < 8:
+                raise ValueError(f'--size must be at least 8 pixels, got {args.size}')
+            if not 0 < args.max_std <= 0.5:
+                raise ValueError(f'--max_std must be in (0, 0.5] (a standard deviation of [0, 1] pixels), got '
+                                 f'{args.max_std}')
             field = fit_field(args.folder, size=args.size, max_std=args.max_std)
         except (ValueError, OSError) as e:
             print(f'error: {e}', file=sys.stderr)

@@ -1,4 +1,5 @@
 """What a run tells: the progress bar and training logs (rank 0), wandb, the throughput summary."""
+import os
 import time
 import warnings
 
@@ -10,6 +11,7 @@ from lvae.images import check_images
 from lvae.paths import dataset_name
 from lvae.sources import get_source, is_source, true_curve
 from lvae.training.runs import UsageError
+from lvae.training.validation import ValidationRecord, set_id
 
 
 class NoLogging:
@@ -38,21 +40,27 @@ def check_wandb_login(args):
 
 
 class RunLog:
-    """Rank 0's validation set and wandb run (``wandb.init`` with the run's flags, resumed by id;
-    :class:`NoLogging` when disabled). ``images``: checked image paths, or a source's held-out sample (a tensor);
-    :meth:`reference` gives the curve that validation BD-rates are measured against."""
+    """Rank 0's validation set, its record in the run folder and the wandb run (``wandb.init`` with the run's flags,
+    resumed by id; :class:`NoLogging` when disabled). ``images``: checked image paths, or a source's name (its
+    held-out sample); :meth:`reference` gives the curve that validation BD-rates are measured against;
+    ``record`` is the run's :class:`~lvae.training.validation.ValidationRecord` for this set (``legacy_best``:
+    see there)."""
 
-    def __init__(self, args, folder, images, wandb_id):
+    def __init__(self, args, folder, images, wandb_id, legacy_best=None):
         self.truth = images if is_source(images) else None
         if self.truth:
-            self.images = get_source(images).held_out()[:args.val_images or None]
+            src = get_source(images)
+            self.images = src.held_out()[:args.val_images or None]
             self.anchor = None
+            what = {'source': src.name, 'held_out_seed': src.held_out_seed, 'images': len(self.images)}
         else:
             images, bad = check_images(images)
             for e in bad:
                 warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
             self.images = images[:args.val_images or None]
             self.anchor = resolve_anchor_curve(DEFAULT_ANCHOR, dataset_name(args.valset), missing_ok=True)
+            what = {'files': [[os.path.basename(p), os.path.getsize(p)] for p in self.images]}
+        self.record = ValidationRecord(folder, set_id(what, args.val_steps), legacy_best)
         # R(D) is a function of the mean distortion: against the truth, the PSNR of the mean MSE
         self.convention = 'psnr_of_mean_mse' if self.truth else 'psnr'
         self.enabled = args.wbmode != 'disabled'
@@ -71,7 +79,7 @@ class RunLog:
 
     def log_validation(self, metrics, png, seconds, step):
         log = {**metrics, 'val/seconds': seconds}
-        if self.enabled:
+        if self.enabled and png is not None:
             import wandb
             log['val/rd_curve'] = wandb.Image(png)
         self.wb.log(log, step=step)
@@ -135,10 +143,15 @@ class Progress:
                   f'{folder}')
 
 
-def describe(args, trainer, procs, device, trainset, folder, resumed):
-    """The run's opening line: model size, processes, data, images per update, folder, where a resume starts."""
+def describe(args, trainer, procs, device, trainset, folder, resumed, changes=None):
+    """The run's opening line: model size, processes, data, images per update, folder, where a resume starts and
+    the flags it ``changes`` (``{flag: [before, after]}``)."""
     n_params = sum(p.numel() for p in trainer.model.parameters())
     ema = trainer.iter if trainer.ema is not None else None
-    return (f'{args.model}: {n_params / 1e6:.2f}M parameters on {device} x {procs.world} process(es); {trainset}; '
-            f'{args.batch_size * args.accum_num * procs.world} images per update; run folder {folder}'
-            + (f'; resuming at iteration {trainer.iter} (lr {trainer.lr:.6g}, EMA step {ema})' if resumed else ''))
+    line = (f'{args.model}: {n_params / 1e6:.2f}M parameters on {device} x {procs.world} process(es); {trainset}; '
+            f'{args.batch_size * args.accum_num * procs.world} images per update; run folder {folder}')
+    if resumed:
+        line += f'; resuming at iteration {trainer.iter} (lr {trainer.lr:.6g}, EMA step {ema})'
+    if changes:
+        line += '; changed on resume: ' + ', '.join(f'--{k} {old!r} -> {new!r}' for k, (old, new) in changes.items())
+    return line

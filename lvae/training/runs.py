@@ -1,34 +1,185 @@
-"""Run folders and their checkpoints: ``<runs_root>/<project>/<name>/`` with ``last.pt`` (everything needed to
-continue), ``last_ema.pt`` (the EMA weights), ``best.pt`` (the best validated weights), ``failed.pt``.
+"""Run folders and their checkpoints: ``<runs_root>/<project>/<name>/`` with ``run.json`` (the run's claim and
+identity), ``last.pt`` (everything needed to continue), ``last_ema.pt`` (the EMA weights of the same iteration),
+``best.pt`` (the best validated weights), ``failed.pt``, ``validations.jsonl`` (:mod:`lvae.training.validation`).
 
-Every file is written atomically (:func:`lvae.checkpoint.save_checkpoint`) and loads with
-``weights_only=True``. A folder also records the torchrun rendezvous id that wrote it (``torchelastic_run_id``),
-so that workers restarted by ``torchrun --max-restarts`` find their run again, named or not.
+A run folder is claimed when its run starts: ``run.json`` is created exclusively (two runs started together can
+never share a folder) and, while a process works on the run, it holds a POSIX lock on that file, which the OS
+drops when the process dies (so a killed run never blocks its own ``--resume``, and a run cannot be continued
+by two processes at once). Every checkpoint is written atomically (:func:`lvae.checkpoint.save_checkpoint`)
+and loads with ``weights_only=True``. A folder also records the torchrun rendezvous id that wrote it
+(``torchelastic_run_id``), so that workers restarted by ``torchrun --max-restarts`` find their run again.
 """
+import datetime
+import errno
 import glob
 import json
 import os
 import random
 import re
-from dataclasses import dataclass
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from lvae.checkpoint import load_file, save_checkpoint
+from lvae.checkpoint import CheckpointWriteError, load_file, save_checkpoint
+from lvae.models.rd.zoo import parse_model_args, registered_config
+from lvae.results import save_json
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: runs are claimed, but not locked while they run
+    fcntl = None
 
 ELASTIC_ID_FILE = 'torchelastic_run_id'
+RUN_FILE = 'run.json'      # created once, exclusively, when a run starts: its model and config
+OWNER_FILE = 'run.owner'   # the process working on the run now (host, pid, since)
+# What every last.pt holds (older ones may lack the rest, which a resume fills in)
+TRAINING_KEYS = ('model', 'model_name', 'config', 'iter', 'optimizer', 'args', 'epoch', 'rng')
+# Flags that only say where a run is: never compared or recorded on --resume.
+LOCATING_FLAGS = ('resume', 'runs_root')
 
 
 class UsageError(ValueError):
     """A bad flag value: reported as one line, exit status 2."""
 
 
-def next_run_name(folder, model):
-    """``<model>_<n>`` with n one more than the largest existing in ``folder``."""
+# ------------------------------------------------------------------------------------------------ claims
+def _lock(fd, path):
+    """Take the POSIX lock of the open file ``fd`` without waiting: True if this process holds it now, False if
+    another process does. Where the file system has no POSIX locks, True (with a warning)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):  # held by another process
+            return False
+        warnings.warn(f'{path}: no POSIX locks on this file system ({e.strerror}): nothing stops a second process '
+                      f'from continuing this run at the same time', RuntimeWarning, stacklevel=2)
+        return True
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _describe_owner(folder):
+    owner = _read_json(os.path.join(folder, OWNER_FILE)) or {}
+    return f'pid {owner["pid"]} on {owner["host"]} since {owner["since"]}' if 'pid' in owner else 'another process'
+
+
+class RunClaim:
+    """Rank 0's hold on a run folder: ``run.json`` opened and locked for as long as this process lives.
+    :meth:`new` starts a run in a folder no run has used; :meth:`existing` takes over a run to continue it."""
+
+    def __init__(self, folder, fd):
+        self.folder, self._fd = folder, fd
+        save_json(os.path.join(folder, OWNER_FILE), {'host': socket.gethostname(), 'pid': os.getpid(),
+                                                     'since': _now()})
+
+    @classmethod
+    def new(cls, project_dir, name, model, config, run_id=None):
+        """Claim ``<project_dir>/<name>``, or without ``name`` the first free ``<model>_<n>``; refused (UsageError)
+        when the named folder holds a run."""
+        try:
+            os.makedirs(project_dir, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f'cannot make the runs folder {project_dir}: {e.strerror or e}') from None
+        identity = {'model': model, 'config': config, 'created': _now(), 'torchelastic_run_id': run_id}
+        if name:
+            folder = os.path.join(project_dir, name)
+            try:
+                os.makedirs(folder, exist_ok=True)
+                if os.path.exists(os.path.join(folder, 'last.pt')) and not os.path.exists(
+                        os.path.join(folder, RUN_FILE)):
+                    raise FileExistsError  # a run from before run.json
+                return cls(folder, _create_exclusive(os.path.join(folder, RUN_FILE), identity))
+            except FileExistsError:
+                raise UsageError(taken_message(folder)) from None
+            except OSError as e:
+                raise UsageError(f'cannot start a run in {folder}: {e.strerror or e}') from None
+        n = next_run_number(project_dir, model)
+        while True:
+            folder = os.path.join(project_dir, f'{model}_{n}')
+            try:
+                os.mkdir(folder)  # exclusive: of two runs started together, one gets <model>_n, the other n + 1
+                return cls(folder, _create_exclusive(os.path.join(folder, RUN_FILE), identity))
+            except FileExistsError:
+                n += 1
+            except OSError as e:
+                raise UsageError(f'cannot start a run in {folder}: {e.strerror or e}') from None
+
+    @classmethod
+    def existing(cls, folder, identity, wait=0.0):
+        """Take over the run in ``folder`` to continue it; refused while another process works on it, after waiting
+        up to ``wait`` seconds (a restarted torchrun worker waits for the old one). ``identity`` (``model``,
+        ``config``) makes the ``run.json`` of a run from before there was one."""
+        path = os.path.join(folder, RUN_FILE)
+        try:
+            try:
+                fd = _create_exclusive(path, identity)
+            except FileExistsError:
+                fd = os.open(path, os.O_RDWR)
+        except OSError as e:
+            raise UsageError(f'cannot continue the run in {folder}: {e.strerror or e} ({path})') from None
+        deadline = time.monotonic() + wait
+        while not _lock(fd, path):
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise UsageError(f'{folder} is in use by a running training process ({_describe_owner(folder)}): '
+                                 f'two processes must not write one run; wait for it to end or stop it, then '
+                                 f'--resume {folder}')
+            time.sleep(0.5)
+        return cls(folder, fd)
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)  # also drops the lock
+            self._fd = None
+
+
+def _now():
+    return datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+
+
+def _create_exclusive(path, identity):
+    """Create ``path`` (FileExistsError if it exists), write ``identity`` as JSON, lock it; returns its open fd."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        _lock(fd, path)
+        os.write(fd, (json.dumps(identity, indent=1) + '\n').encode())
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def taken_message(folder):
+    """Why a new run cannot start in ``folder``, and the ways out."""
+    identity = _read_json(os.path.join(folder, RUN_FILE)) or {}
+    what = f'a {identity["model"]} run' if identity.get('model') else 'a run'
+    if identity.get('created'):
+        what += f' started {identity["created"]}'
+    if not os.path.exists(os.path.join(folder, 'last.pt')):
+        return (f'{folder} already holds {what} (it has no last.pt yet: running, or stopped before its first '
+                f'checkpoint); choose another --name, or remove the folder if that run is dead')
+    return f'{folder} already holds {what}; continue it with --resume {folder}, or choose another --name'
+
+
+def next_run_number(folder, model):
+    """One more than the largest n of the ``<model>_<n>`` folders in ``folder``."""
     taken = [int(m.group(1)) for d in (os.listdir(folder) if os.path.isdir(folder) else [])
              if (m := re.fullmatch(re.escape(model) + r'_(\d+)', d))]
-    return f'{model}_{max(taken, default=0) + 1}'
+    return max(taken, default=0) + 1
 
 
 def find_run(resume, project_dir):
@@ -36,6 +187,9 @@ def find_run(resume, project_dir):
     for folder in (resume, os.path.join(project_dir, resume)):
         if os.path.isfile(os.path.join(folder, 'last.pt')):
             return folder
+        if os.path.isfile(os.path.join(folder, RUN_FILE)):
+            raise UsageError(f'--resume {resume}: {folder} has no last.pt (its run is running, or stopped before its '
+                             f'first checkpoint); remove the folder to start that run again')
     raise UsageError(f'--resume {resume}: no last.pt in {resume} nor in {os.path.join(project_dir, resume)}')
 
 
@@ -58,19 +212,9 @@ def continued_run(args, procs, project_dir):
     return None
 
 
-def new_run_folder(args, project_dir):
-    """Rank 0: the folder of a new run (``--name`` or the next ``<model>_<n>``), refused when it holds a run."""
-    folder = os.path.join(project_dir, args.name or next_run_name(project_dir, args.model))
-    if os.path.exists(os.path.join(folder, 'last.pt')):
-        raise UsageError(f'{folder} already holds a run; continue it with --resume {folder} or choose another '
-                         f'--name')
-    return folder
-
-
-def create_run_folder(folder, run_id=None):
-    """Make the folder, remove temporary files of a save killed midway, record the rendezvous id."""
-    os.makedirs(folder, exist_ok=True)
-    for stale in glob.glob(os.path.join(folder, '.*.pt.*.tmp')):
+def prepare_run_folder(folder, run_id=None):
+    """Remove temporary files of a save killed midway, record the rendezvous id (rank 0, after its claim)."""
+    for stale in glob.glob(os.path.join(folder, '.*.tmp')):
         os.remove(stale)
     if run_id:
         with open(os.path.join(folder, ELASTIC_ID_FILE), 'w') as f:
@@ -78,8 +222,48 @@ def create_run_folder(folder, run_id=None):
 
 
 def write_args(folder, args):
-    with open(os.path.join(folder, 'args.json'), 'w') as f:
-        json.dump(vars(args), f, indent=1)
+    save_json(os.path.join(folder, 'args.json'), vars(args))
+
+
+# ------------------------------------------------------------------------------------------------ resuming
+def check_last_pt(folder, ckpt):
+    """Refuse (UsageError naming the file) a last.pt that cannot continue the run in ``folder``: one that is not a
+    training checkpoint, one whose weights are not of the model it names, one of another run's model."""
+    path = os.path.join(folder, 'last.pt')
+    missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        weights_only = isinstance(ckpt, dict) and 'model' in ckpt
+        raise UsageError(f'{path} is not a training checkpoint (missing: {", ".join(missing)})'
+                         + ('; it holds weights only: evaluate it with eval-var-rate.py --weights, or start a new '
+                            'run from it with --weights' if weights_only else ''))
+    name = ckpt['model_name']
+    try:
+        expected = registered_config(name, parse_model_args(ckpt['args'].get('model_args', '')))
+        config = registered_config(config=ckpt['config'])
+    except ValueError as e:
+        raise UsageError(f'{path}: {e}') from None
+    if expected != config:
+        raise UsageError(f'{path} says {name} (with --model_args {ckpt["args"].get("model_args")!r}) but holds a model '
+                         f'of another config: the file does not belong to this run')
+    identity = _read_json(os.path.join(folder, RUN_FILE))
+    if identity and identity.get('model') and (identity['model'] != name or identity.get('config') != config):
+        raise UsageError(f'{path} holds a {name}, but the run in {folder} is a {identity["model"]} ({RUN_FILE}): '
+                         f'the file comes from another run')
+
+
+def resume_flags(saved, given, defaults, fixed):
+    """The flags of a continued run: ``saved`` (its last.pt's, over today's ``defaults`` for flags added since) and
+    those ``given`` on the command line. A given flag among ``fixed`` (those that define the run) with another
+    value than the saved one is an error naming both; any other changes ``{flag: [saved, given]}`` are returned
+    with the flags, to be stated and recorded. Returns ``(flags, changes)``."""
+    flags = {**defaults, **saved}
+    conflicts = [f'--{k} {v!r} (the run has {flags.get(k)!r})' for k, v in given.items()
+                 if k in fixed and v != flags.get(k)]
+    if conflicts:
+        raise UsageError(f'these flags define the run and cannot change on --resume: {"; ".join(conflicts)}; drop '
+                         f'them to continue the run as it is, or start a new run with another --name')
+    changes = {k: [flags.get(k), v] for k, v in given.items() if k not in LOCATING_FLAGS and v != flags.get(k)}
+    return {**flags, **given}, changes
 
 
 # ------------------------------------------------------------------------------------------------ RNG
@@ -111,49 +295,52 @@ def seed_everything(seed):
 # ------------------------------------------------------------------------------------------------ checkpoints
 @dataclass
 class RunState:
-    """What a run tracks besides its trainer: where it is in the data, its best validation, its wandb id and
-    the unreadable training images replaced (a CPU tensor of the loader's counts, read at logs)."""
+    """What a run tracks besides its trainer: where it is in the data, its wandb id, the unreadable training images
+    replaced (a CPU tensor of the loader's counts, read at logs) and the flags changed on each resume
+    (``[{'iter', 'changes': {flag: [before, after]}}]``). Its validations are in ``validations.jsonl``."""
     epoch: int = 0
-    best_key: tuple = None   # ranking of the best validation so far: (0, BD-rate) or (1, loss); lower is better
     wandb_id: str = None
     skipped_images: torch.Tensor = None
+    flag_changes: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.skipped_images is None:
             self.skipped_images = torch.zeros((), dtype=torch.int64)
 
-    def better(self, key):
-        """Whether a validation ranked ``key`` beats the best so far (and record it if so)."""
-        if self.best_key is None or tuple(key) < tuple(self.best_key):
-            self.best_key = key
-            return True
-        return False
-
 
 def header(args, trainer, run):
     """What every checkpoint file of a run records."""
     return {'model_name': args.model, 'config': trainer.model.config.to_dict(), 'iter': trainer.iter,
-            'wandb_id': run.wandb_id, 'args': dict(vars(args))}
+            'wandb_id': run.wandb_id, 'args': dict(vars(args)), 'flag_changes': run.flag_changes}
 
 
-def save_checkpoints(folder, args, trainer, run, procs, device, metrics=None, name='last.pt'):
-    """Write last_ema.pt and ``name`` (last.pt; failed.pt without last_ema.pt). Every rank calls it: the RNG
-    states of all ranks are gathered into the file."""
+def save_checkpoints(folder, args, trainer, run, procs, device, name='last.pt'):
+    """Write ``name`` (last.pt), then last_ema.pt of the same iteration (failed.pt alone). Every rank calls it: the
+    RNG states of all ranks are gathered into the file, and every rank raises the CheckpointWriteError of rank 0's
+    write (a full disk), so that all stop together."""
     rng = procs.gather(rng_state(device))
-    if not procs.master:
-        return
+    error = None
+    if procs.master:
+        try:
+            _write_checkpoints(folder, args, trainer, run, rng, name)
+        except OSError as e:
+            error = e
+    if procs.any(error is not None):
+        raise error if error is not None else CheckpointWriteError('rank 0 could not write its checkpoint')
+
+
+def _write_checkpoints(folder, args, trainer, run, rng, name):
     state = trainer.state_dict()
-    head = {**header(args, trainer, run), 'epoch': run.epoch, 'metrics': metrics}
-    if trainer.ema is not None and name == 'last.pt':
-        save_checkpoint({**head, 'model': state['ema'], 'ema_step': state['ema_step']},
-                        os.path.join(folder, 'last_ema.pt'))
+    head = {**header(args, trainer, run), 'epoch': run.epoch}
     recipe = trainer.recipe
     save_checkpoint({**head, **state, 'model': trainer.model.state_dict(), 'recipe': recipe.to_dict(),
                      'scheduler': {'sched': recipe.lr_sched, 'iterations': recipe.iterations, 'lr': recipe.lr,
-                                   'warmup': recipe.lr_warmup, 'lrf_min': recipe.lrf_min},
-                     'best_key': run.best_key, 'rng': rng,
+                                   'warmup': recipe.lr_warmup, 'lrf_min': recipe.lrf_min}, 'rng': rng,
                      'counters': {**state['counters'], 'skipped_images': int(run.skipped_images)}},
                     os.path.join(folder, name))
+    if trainer.ema is not None and name == 'last.pt':
+        save_checkpoint({**head, 'model': state['ema'], 'ema_step': state['ema_step']},
+                        os.path.join(folder, 'last_ema.pt'))
 
 
 def load_run(folder):
@@ -161,14 +348,36 @@ def load_run(folder):
     return load_file(os.path.join(folder, 'last.pt'))
 
 
-def continue_run(ckpt, trainer, procs, device, seed):
-    """Load a last.pt into the trainer and this process's RNG states; returns the :class:`RunState`. With
-    another number of processes than the run had, the RNGs get fresh seeds, different from the run's start."""
+def continue_run(ckpt, trainer, procs, device, seed, changes):
+    """Load a last.pt into the trainer and this process's RNG states; returns the :class:`RunState`, with the flag
+    ``changes`` of this resume recorded. With another number of processes than the run had, the RNGs get fresh
+    seeds, different from the run's start."""
     trainer.load_state_dict(ckpt)
-    run = RunState(epoch=ckpt['epoch'] + 1, best_key=ckpt['best_key'], wandb_id=ckpt['wandb_id'])
-    run.skipped_images.fill_(ckpt['counters']['skipped_images'])
+    run = RunState(epoch=ckpt['epoch'] + 1, wandb_id=ckpt.get('wandb_id'),
+                   flag_changes=list(ckpt.get('flag_changes') or []))
+    if changes:
+        run.flag_changes.append({'iter': trainer.iter, 'changes': changes})
+    run.skipped_images.fill_(ckpt.get('counters', {}).get('skipped_images', 0))
     if len(ckpt['rng']) == procs.world:
         set_rng_state(ckpt['rng'][procs.rank], device)
     else:
         seed_everything(seed + procs.rank + 1_000_003 * trainer.iter)
     return run
+
+
+def repair_last_ema(folder, ckpt):
+    """Rewrite last_ema.pt from last.pt's EMA where the pair is not of one iteration (a stop between the two
+    writes); returns whether it did."""
+    path = os.path.join(folder, 'last_ema.pt')
+    if ckpt.get('ema') is None:
+        return False
+    try:
+        ema_iter = torch.load(path, map_location='cpu', weights_only=True, mmap=True).get('iter')
+    except Exception:  # missing, torn or unreadable: written anew
+        ema_iter = None
+    if ema_iter == ckpt['iter']:
+        return False
+    head = {k: ckpt[k] for k in ('model_name', 'config', 'iter', 'wandb_id', 'args', 'epoch') if k in ckpt}
+    save_checkpoint({**head, 'flag_changes': ckpt.get('flag_changes', []), 'model': ckpt['ema'],
+                     'ema_step': ckpt.get('ema_step')}, path)
+    return True

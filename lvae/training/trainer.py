@@ -77,9 +77,15 @@ class Trainer:
         lambdas = list(lmb) if isinstance(lmb, (list, tuple)) else [lmb] * len(micro)
         if len(lambdas) != len(micro):
             raise ValueError(f'{len(micro)} micro-batches of images but {len(lambdas)} of lambdas')
+        for im in micro:
+            self._check_batch(im)
         if self.iter % LR_PERIOD == 0:
             self._lr.fill_(self.recipe.held_lr(self.iter))
-        figures = self._forward_backward(micro, lambdas)
+        try:
+            figures = self._forward_backward(micro, lambdas)
+        except BaseException:  # leave the trainer as it was: no gradient of this update carried into the next
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
         clip = self.recipe.grad_clip or float('inf')
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         non_finite, spike, self.norms = judge_update(figures[0], grad_norm, self.norms)
@@ -99,6 +105,18 @@ class Trainer:
         loss, bppix, psnr = figures
         return {'loss': loss, 'bppix': bppix, 'psnr': psnr, 'grad_norm': grad_norm.detach(), 'lr': lr,
                 'ema_updated': moved, 'spike': spike, 'non_finite': non_finite}
+
+    def _check_batch(self, im):
+        """A ValueError naming what is wrong with a micro-batch that the model cannot take."""
+        dtype = next(self.model.parameters()).dtype
+        if not isinstance(im, torch.Tensor) or im.dim() != 4:
+            shape = list(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__
+            raise ValueError(f'Trainer.step: images must be (B, 3, H, W) tensors in [0, 1], got {shape}')
+        if len(im) == 0:
+            raise ValueError('Trainer.step: an empty batch (0 images): every micro-batch needs at least one image')
+        if im.dtype != dtype:
+            raise ValueError(f'Trainer.step: images must be {dtype} like the model, got {im.dtype} (convert them with '
+                             f'.to({dtype}))')
 
     def _forward_backward(self, micro, lambdas):
         """Gradients of the mean loss over the micro-batches (DDP all-reduces them at the last one); returns

@@ -1,18 +1,28 @@
 """Validation during training: the bound on the validation images at a few lambdas, its BD-rate against the
-set's anchor curve, best.pt and the R-D plot (rank 0)."""
+set's anchor curve, best.pt, the R-D plot and ``validations.jsonl`` (rank 0).
+
+``validations.jsonl`` is the record of the run's validations, a line each, written last: a validation stopped
+midway leaves no line and is redone when the run continues. Each line names its validation set (:func:`set_id`):
+best.pt is chosen among the validations of one set only, never by comparing figures of different sets.
+"""
+import hashlib
 import json
 import math
 import os
 import time
+import warnings
 
 import numpy as np
 from tqdm import tqdm
 
 from lvae.bdrate import MIN_POINTS, bd_rate
 from lvae.checkpoint import save_checkpoint
+from lvae.errors import first_line
 from lvae.evaluation import evaluate_bound, lambda_grid
 from lvae.plotting import plot_rd
 from lvae.training.runs import header
+
+VALIDATIONS_FILE = 'validations.jsonl'
 
 
 def validate(model, images, steps, reference=None, convention='psnr', device=None, amp='none'):
@@ -35,26 +45,97 @@ def validate(model, images, steps, reference=None, convention='psnr', device=Non
     return metrics, res, anchor
 
 
-def run_validation(folder, args, trainer, run, val, device):
-    """Rank 0 validates the EMA weights (the model's without EMA), updates best.pt (a finite BD-rate beats any
-    validation without one; then lower is better), ``val_rd.png`` and ``validations.jsonl`` (a line of metrics
-    per validation); logs; returns the metrics. ``val``: :class:`lvae.training.logs.RunLog`."""
+def set_id(what, steps):
+    """A short digest of a validation set: ``what`` (a JSON-able description of its images) and its lambda count."""
+    return hashlib.sha256(json.dumps([what, steps], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ranking(metrics):
+    """How a validation ranks (lower is better): a finite BD-rate beats any validation without one, then the
+    lower BD-rate; without one, the lower loss."""
+    bd = metrics.get('val/bd_rate')
+    return (0, bd) if bd is not None and math.isfinite(bd) else (1, metrics['val/loss'])
+
+
+class ValidationRecord:
+    """A run's ``validations.jsonl`` as seen by validation set ``set_id``: which iterations it validated, its best
+    so far, and which set chose the best.pt now in the folder. ``legacy_best``: the ranking of best.pt in a run
+    whose lines name no set (written before they did), when its validation flags are unchanged."""
+
+    def __init__(self, folder, set_id, legacy_best=None):
+        self.path, self.set_id = os.path.join(folder, VALIDATIONS_FILE), set_id
+        self.lines = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                for text in f:
+                    try:
+                        self.lines.append(json.loads(text))
+                    except ValueError:  # a line torn by a kill: that validation is redone
+                        pass
+        mine = [line for line in self.lines if line.get('validation') == set_id]
+        named = any('validation' in line for line in self.lines)
+        self.best = min((ranking(line) for line in mine), default=None if named else legacy_best)
+        chosen = [line.get('validation') for line in self.lines if line.get('best')]
+        if chosen:
+            self.best_file_set = chosen[-1]
+        elif legacy_best is not None:
+            self.best_file_set = set_id
+        else:  # a best.pt of lines that name no set, or of no line at all: of an earlier set, as far as we know
+            self.best_file_set = 'earlier' if os.path.exists(os.path.join(folder, 'best.pt')) else None
+
+    def done(self, iteration):
+        """Whether this set's validation of ``iteration`` finished."""
+        return any(line.get('iter') == iteration and line.get('validation') == self.set_id for line in self.lines)
+
+    def better(self, key):
+        """Whether a validation ranked ``key`` beats this set's best so far (recorded if so)."""
+        if self.best is None or tuple(key) < tuple(self.best):
+            self.best = tuple(key)
+            return True
+        return False
+
+    def append(self, line):
+        line = {**line, 'validation': self.set_id}
+        with open(self.path, 'a') as f:
+            f.write(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
+                                for k, v in line.items()}) + '\n')
+        self.lines.append(line)
+
+
+def run_validation(folder, args, trainer, run, val, device, stop):
+    """Rank 0 validates the EMA weights (the model's without EMA): abandoned at once (StopRequested) when ``stop``
+    (:class:`~lvae.training.signals.StopSignals`) is asked for; then best.pt (within this validation set), the
+    plot ``val_rd.png`` and the line of ``validations.jsonl``; logs; returns the metrics.
+    ``val``: :class:`lvae.training.logs.RunLog`."""
     net = trainer.ema.module if trainer.ema is not None else trainer.model
     t0 = time.time()
-    metrics, res, anchor = validate(net, val.images, args.val_steps, val.reference, val.convention, device, args.amp)
+    with stop.interrupting():
+        metrics, res, anchor = validate(net, val.images, args.val_steps, val.reference, val.convention, device,
+                                        args.amp)
     trainer.model.train()
-    bd = metrics.get('val/bd_rate', float('nan'))
-    if run.better((0, bd) if math.isfinite(bd) else (1, metrics['val/loss'])):
-        save_checkpoint({**header(args, trainer, run), 'model': net.state_dict(), 'metrics': metrics,
-                         'ema_weights': trainer.ema is not None}, os.path.join(folder, 'best.pt'))
-    png = plot_rd(os.path.join(folder, 'val_rd.png'), [(args.name, res['bpp'], res[val.convention])], anchor,
-                  title=f'{args.name}: {args.valset} at iteration {trainer.iter}')
-    with open(os.path.join(folder, 'validations.jsonl'), 'a') as f:
-        line = {'iter': trainer.iter, **metrics, 'bpp': res['bpp'], 'psnr': res['psnr'],
-                'psnr_of_mean_mse': res['psnr_of_mean_mse']}
-        f.write(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
-                            for k, v in line.items()}) + '\n')
+    record = val.record
+    best = record.better(ranking(metrics))
+    if best:
+        path = os.path.join(folder, 'best.pt')
+        if record.best_file_set not in (None, record.set_id) and os.path.exists(path):
+            kept = os.path.join(folder, f'best-{record.best_file_set}.pt')
+            os.replace(path, kept)
+            tqdm.write(f'[iter {trainer.iter}] best.pt was chosen on another validation set: kept as {kept}; best.pt '
+                       f'now follows {args.valset}')
+        with stop.shielded():
+            save_checkpoint({**header(args, trainer, run), 'model': net.state_dict(), 'metrics': metrics,
+                             'validation': record.set_id, 'ema_weights': trainer.ema is not None}, path)
+        record.best_file_set = record.set_id
+    try:
+        png = plot_rd(os.path.join(folder, 'val_rd.png'), [(args.name, res['bpp'], res[val.convention])], anchor,
+                      title=f'{args.name}: {args.valset} at iteration {trainer.iter}')
+    except (OSError, ValueError, RuntimeError) as e:  # a plot is not worth a run
+        warnings.warn(f'no validation plot at iteration {trainer.iter}: {first_line(e)}', RuntimeWarning)
+        png = None
+    record.append({'iter': trainer.iter, **metrics, 'bpp': res['bpp'], 'psnr': res['psnr'],
+                   'psnr_of_mean_mse': res['psnr_of_mean_mse'], 'best': best})
     val.log_validation(metrics, png, time.time() - t0, trainer.iter)
+    bd = metrics.get('val/bd_rate', float('nan'))
     tqdm.write(f'[iter {trainer.iter}] val loss {metrics["val/loss"]:.4f}  bpp {metrics["val/bpp"]:.4f}  '
                f'psnr {metrics["val/psnr"]:.3f}  bd-rate {f"{bd:+.2f}%" if math.isfinite(bd) else "n/a"}'
                f'{" vs the true R(D)" if val.truth else ""}  ({time.time() - t0:.0f}s)')

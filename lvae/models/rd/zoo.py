@@ -1,9 +1,10 @@
 """Registered R(D) bound models: the paper's base model and ablations (SPEC.md zoo table), and small
 configs that train on a CPU."""
+import ast
 import os
 
 from lvae.models.registry import register_model
-from lvae.models.rd.model import VariableRateLossyVAE
+from lvae.models.rd.model import RDConfig, VariableRateLossyVAE
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'weights')
 
@@ -47,6 +48,46 @@ CONFIGS = {
     'rd_model_tiny': {**paper_config(8, (1, 1, 1, 1, 1)), 'enc_nums': [1, 1, 1, 1, 1],
                       'z_dims': [4] * 5, 'lmb_embed_dim': [32, 32]},
 }
+
+
+def registered_config(name=None, overrides=None, config=None):
+    """Every field of the config of zoo model ``name`` with ``overrides`` (a dict), or of ``config``, as a plain dict
+    in its normal form: two configs build the same model exactly when these are equal."""
+    if config is None:
+        if name not in CONFIGS:
+            raise ValueError(f'unknown model {name!r}; known models: {", ".join(sorted(CONFIGS))}')
+        config = {**CONFIGS[name], **(overrides or {})}
+    return RDConfig.from_dict(dict(config)).to_dict()
+
+
+def parse_model_args(text):
+    """``"lmb_range=(4,2048), smooth_mean=False"`` -> dict of config overrides.
+
+    Every key must be an :class:`RDConfig` field and every value a Python literal (number, string, tuple,
+    list, bool, None); nothing is evaluated: the text is parsed with :mod:`ast`. Raises ValueError with a
+    message naming the offending part.
+    """
+    if not text or not text.strip():
+        return {}
+    try:
+        call = ast.parse(f'_({text})', mode='eval').body
+    except SyntaxError as e:
+        raise ValueError(f'--model_args {text!r} is not a list of KEY=VALUE literals ({e.msg}); '
+                         f'example: "lmb_range=(16,1024)"') from None
+    if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
+        raise ValueError(f'--model_args {text!r}: expected comma-separated KEY=VALUE pairs, e.g. '
+                         f'"lmb_range=(16,1024)"')
+    fields = RDConfig.__dataclass_fields__
+    out = {}
+    for kw in call.keywords:
+        if kw.arg not in fields:
+            raise ValueError(f'--model_args: unknown config field {kw.arg!r}; known: {", ".join(fields)}')
+        try:
+            out[kw.arg] = ast.literal_eval(kw.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(f'--model_args: the value of {kw.arg} must be a Python literal (number, string, '
+                             f'tuple, list, bool), got {ast.unparse(kw.value)!r}') from None
+    return out
 
 
 def build(name, pretrained=False, **overrides):

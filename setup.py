@@ -14,8 +14,8 @@ setup(
     long_description=open(os.path.join(here, 'README.md')).read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['lvae', 'lvae.*']),
-    package_data={'lvae': ['data/*.json', 'weights/*.pt']},
+    package_data={'lvae': ['evaluation/*.json', 'weights/*.pt']},
     python_requires='>=3.9',
     install_requires=requirements,
-    extras_require={'test': ['pytest', 'nbclient', 'nbformat', 'ipykernel']},
+    extras_require={'test': ['pytest', 'nbclient', 'nbformat', 'ipykernel', 'import-linter']},
 )

@@ -24,14 +24,12 @@ from tqdm import tqdm
 
 import lvae
 from lvae import accel
-from lvae.checkpoint import load_weights
-from lvae.cli import FlagParser, parse_model_args
-from lvae.data import endless_batches, parse_transform, training_set
-from lvae.evaluation import resolve_images
-from lvae.models.rd.model import VariableRateLossyVAE
-from lvae.models.rd.zoo import registered_config
-from lvae.sources import is_source
+from lvae.cli import FlagParser
+from lvae.data import parse_transform
+from lvae.evaluation import as_test_set
+from lvae.models import model_from_checkpoint, parse_model_args, registered_config
 from lvae.training import Recipe, Trainer
+from lvae.training.data import endless_batches, training_set
 from lvae.training.distributed import Processes
 from lvae.training.logs import Progress, RunLog, check_wandb_login, describe
 from lvae.training.runs import (RunClaim, RunState, UsageError, check_last_pt, continue_run, continued_run, load_run,
@@ -149,19 +147,15 @@ def claim_folder(args, folder, ckpt, procs):
     """Rank 0 claims the run's folder (lvae.training.runs.RunClaim): a new one, or the one it continues (a restarted
     torchrun worker waits for the dead group's hold to go). Returns ``(claim, folder)``: the claim on rank 0
     (None elsewhere), the folder on every rank."""
-    held = []
-
     def claim():
         if folder:
             identity = {'model': args.model, 'config': ckpt['config'] if ckpt else
                         registered_config(args.model, args.model_kw), 'created': None}
-            held.append(RunClaim.existing(folder, identity, wait=ELASTIC_WAIT if procs.restarts else 0))
-        else:
-            held.append(RunClaim.new(os.path.join(args.runs_root, args.wbproject), args.name, args.model,
-                                     registered_config(args.model, args.model_kw), procs.run_id))
-        return held[0].folder
-    path = procs.from_master(claim)
-    return (held[0] if held else None), path
+            return RunClaim.existing(folder, identity, wait=ELASTIC_WAIT if procs.restarts else 0)
+        return RunClaim.new(os.path.join(args.runs_root, args.wbproject), args.name, args.model,
+                            registered_config(args.model, args.model_kw), procs.run_id)
+    held = procs.on_master(claim)
+    return held, procs.broadcast(held.folder if held else None)
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -181,7 +175,7 @@ def main(argv=None):
         if max(1, len(trainset) // procs.world) < args.batch_size:
             raise UsageError(f'{len(trainset)} training images cannot fill one batch of {args.batch_size} per '
                              f'process on {procs.world} process(es)')
-        val_images = args.valset if is_source(args.valset) else resolve_images(args.valset)
+        valset = procs.on_master(lambda: as_test_set(args.valset, progress=False))  # decoded once, on rank 0
         claim, folder = claim_folder(args, folder, ckpt, procs)  # last: a bad flag leaves no folder behind
         args.name = os.path.basename(os.path.normpath(folder))
     except (ValueError, FileNotFoundError) as e:
@@ -194,8 +188,7 @@ def main(argv=None):
     if args.fixseed:
         seed_everything(args.seed + procs.rank)
     if ckpt:
-        model = VariableRateLossyVAE.from_config(ckpt['config'])
-        load_weights(model, ckpt)
+        model, _ = model_from_checkpoint(ckpt)
     else:
         model = lvae.get_model(args.model, pretrained=args.weights or False, **args.model_kw)
     trainer = Trainer(accel.prepare(model, device, compile=args.compile).train(), Recipe.from_flags(args))
@@ -211,7 +204,7 @@ def main(argv=None):
             run.wandb_id = run.wandb_id or secrets.token_hex(4)  # fixed before wandb starts: a resumed run keeps it
             write_args(folder, args)
             legacy_best = ckpt.get('best_key') if ckpt and not VALIDATION_FLAGS & changes.keys() else None
-            log = RunLog(args, folder, val_images, run.wandb_id, legacy_best)
+            log = RunLog(args, folder, valset, run.wandb_id, legacy_best)
             print(describe(args, trainer, procs, device, trainset, folder, ckpt is not None, changes), flush=True)
     except OSError as e:
         print(f'error: cannot write to the run folder {folder}: {e}', file=sys.stderr)

@@ -13,8 +13,9 @@ import torch
 import benchlib
 import lvae
 from lvae import accel
-from lvae.evaluation import _BatchSizer, _seed, bound_of_image, lambda_grid, tf32
-from lvae.images import load_image
+from lvae.evaluation import bound_of_image, lambda_grid
+from lvae.evaluation.bound import _BatchSizer, _seed, tf32
+from lvae.data.images import load_image
 
 COLUMNS = [('model', 'model', 's'), ('variant', 'path', 's'), ('seconds', 'forward (s)', '.3f'),
            ('median_s', 'median (s)', '.3f'), ('mpix_lmb_per_s', 'Mpixel x lambda/s', '.3f'),

@@ -17,9 +17,9 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
 
 from lvae import accel  # noqa: E402
-from lvae.evaluation import tf32  # noqa: E402
-from lvae.memory import reuse_freed_memory  # noqa: E402
-from lvae.results import save_json  # noqa: E402
+from lvae.evaluation.bound import tf32  # noqa: E402
+from lvae.accel.memory import reuse_freed_memory  # noqa: E402
+from lvae.evaluation.results import save_json  # noqa: E402
 from lvae.cli import FlagParser
 
 # The roofline is the rate of one dense N x N matmul: N = 2048 on a CPU, 8192 on a GPU (2048 is too small
@@ -43,7 +43,7 @@ def base_parser(description):
     p.add_argument('--ceiling', action='store_true', help="also time the prepared path's matmuls alone")
     p.add_argument('--json', default=None, help='write the results here')
     p.add_argument('--glibc-malloc', action='store_true', help="keep glibc's default malloc on CPU (mmap and "
-                   'unmap every large tensor) instead of lvae.memory.reuse_freed_memory()')
+                   'unmap every large tensor) instead of lvae.accel.memory.reuse_freed_memory()')
     return p
 
 
@@ -57,7 +57,7 @@ def setup(args):
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     reused = device.type == 'cpu' and not args.glibc_malloc and reuse_freed_memory()
-    args.host_memory = 'reused (lvae.memory)' if reused else 'glibc default'
+    args.host_memory = 'reused (lvae.accel.memory)' if reused else 'glibc default'
     return device
 
 
@@ -297,7 +297,7 @@ def report(title, sections, meta, roofline, json_path):
 
 
 def write_json(path, data):
-    """``data`` as JSON at ``path`` (:func:`lvae.results.save_json`: atomically, its folder made), and a line
+    """``data`` as JSON at ``path`` (:func:`lvae.evaluation.results.save_json`: atomically, its folder made), and a line
     saying so."""
     save_json(path, data)
     print(f'wrote {path}')

@@ -55,7 +55,7 @@ def plot(out, study):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lvae.results import atomic_path
+    from lvae.evaluation.results import atomic_path
     from lvae.sources import get_source
     import numpy as np
     fig = Figure(figsize=(11, 4.5), dpi=120)
@@ -104,7 +104,7 @@ def main():
     p = FlagParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--plot-only', '--plot_only', action='store_true', dest='plot_only', help='only redraw the plot')
     args = p.parse_args()
-    from lvae.results import save_json
+    from lvae.evaluation.results import save_json
     path = os.path.join(REPO, 'results', f'{SOURCE}-study.json')
     study = {}
     if os.path.exists(path):

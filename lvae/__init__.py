@@ -5,18 +5,15 @@ Reproduces Duan et al., "An Improved Upper Bound on the Rate-Distortion Function
 >>> import lvae
 >>> model = lvae.get_model('rd_model_base', pretrained=True)   # the authors' published weights
 >>> lvae.accel.prepare(model, 'cpu')                              # its fastest faithful form on a CPU (in place)
-"""
-from lvae import accel
-from lvae.models import RDConfig, VariableRateLossyVAE, get_model, list_models, register_model
 
+docs/architecture.md maps the package: models and layers at the bottom, then speed (accel), inputs (data),
+sources with a known R(D), evaluation, training, and the command-line tools on top.
+"""
 __version__ = '0.1.0'
 
+from lvae import accel  # noqa: E402
+from lvae.evaluation.bdrate import bd_psnr, bd_rate  # noqa: E402
+from lvae.models import RDConfig, VariableRateLossyVAE, get_model, list_models, load_model, register_model  # noqa: E402
 
-def __getattr__(name):
-    # lvae.bd_rate / lvae.bd_psnr, imported on first use so that `python -m lvae.bdrate` runs a fresh module
-    if name in ('bd_rate', 'bd_psnr'):
-        from lvae import bdrate
-        return getattr(bdrate, name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
-__all__ = ['accel', 'get_model', 'list_models', 'register_model', 'VariableRateLossyVAE', 'RDConfig', 'bd_rate', 'bd_psnr']
+__all__ = ['accel', 'bd_psnr', 'bd_rate', 'get_model', 'list_models', 'load_model', 'register_model',
+           'RDConfig', 'VariableRateLossyVAE']

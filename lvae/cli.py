@@ -1,7 +1,7 @@
-"""Helpers shared by the command-line scripts: flags in either spelling, safe parsing of ``--model_args``."""
+"""Command lines: :class:`FlagParser`, whose flags answer to both spellings, for the scripts and every
+``python -m lvae.*`` command."""
 import argparse
-
-from lvae.models.rd.zoo import parse_model_args  # noqa: F401  (the scripts' --model_args)
+import sys
 
 
 class FlagParser(argparse.ArgumentParser):
@@ -9,7 +9,6 @@ class FlagParser(argparse.ArgumentParser):
     ``--help`` shows each flag once, as it was declared."""
 
     def parse_known_args(self, args=None, namespace=None):
-        import sys
         args = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args([self._declared(a) for a in args], namespace)
 

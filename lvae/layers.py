@@ -1,4 +1,4 @@
-"""Building blocks of the variable-rate ResNet VAE (SPEC.md, "Building blocks"): the paper's math, one path.
+"""Building blocks of the variable-rate ResNet VAE (docs/contract.md, "The blocks"): the paper's math, one path.
 
 Shapes are NCHW unless stated; every block works in either memory format. Faster forms of the same
 computation (for a CPU or a GPU) live in :mod:`lvae.accel`, applied to a model explicitly.
@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
 
-# Upper end of the lambda scale used by the sinusoidal embedding (SPEC: s = ln(lmb) * P / ln 8192).
+# Upper end of the lambda scale used by the sinusoidal embedding (docs/contract.md: s = ln(lmb) * P / ln 8192).
 MAX_LMB = 8192.0
 
 

@@ -1,6 +1,6 @@
 """Shared fixtures.
 
-``tests/data`` travels with every clone: the tiny conformance vector made with the authors' implementation
+``tests/fixtures`` travels with every clone: the tiny conformance vector made with the authors' implementation
 (a copy of ``shared/spec/rd_conformance_tiny.pt``) and the awkward image files (``odd/``: 16-bit, RGBA,
 palette, tiny, truncated, not an image). ``shared_dir`` is the project's ``../shared`` folder (the larger spec
 files, Kodak, the training photos, the anchors' source files): tests that need it are skipped with a message
@@ -11,7 +11,7 @@ import os
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(REPO, 'tests', 'data')
+DATA = os.path.join(REPO, 'tests', 'fixtures')
 SHARED = os.environ.get('LVAE_SHARED', os.path.join(os.path.dirname(REPO), 'shared'))
 
 

@@ -1,6 +1,10 @@
-"""Importing lvae changes nothing global: the matplotlib backend, logger levels and the RNG states stay."""
+"""Importing lvae changes nothing global (the matplotlib backend, logger levels and the RNG states stay); every import
+path the README, the docs and the notebook show works; every ``python -m lvae.*`` command answers ``--help``."""
+import importlib
 import subprocess
 import sys
+
+import pytest
 
 CHECK = r'''
 import logging, random
@@ -9,7 +13,8 @@ matplotlib.use('svg')
 torch.manual_seed(3); numpy.random.seed(3); random.seed(3)
 before = (matplotlib.get_backend(), {n: logging.getLogger(n).level for n in logging.root.manager.loggerDict},
           logging.root.level, torch.get_rng_state(), numpy.random.get_state()[1].copy(), random.getstate())
-import lvae, lvae.accel, lvae.bdrate, lvae.datasets, lvae.evaluation, lvae.intervals, lvae.kernels, lvae.plotting
+import lvae, lvae.accel, lvae.bdrate, lvae.anchors, lvae.checkpoint, lvae.data, lvae.datasets, lvae.evaluation
+import lvae.evaluation.report, lvae.models, lvae.sources, lvae.training, lvae.training.data
 after = (matplotlib.get_backend(), {n: logging.getLogger(n).level for n in before[1]}, logging.root.level,
          torch.get_rng_state(), numpy.random.get_state()[1], random.getstate())
 assert before[0] == after[0], (before[0], after[0])
@@ -22,3 +27,36 @@ print('unchanged')
 def test_importing_lvae_leaves_backend_loggers_and_rng_alone():
     out = subprocess.run([sys.executable, '-c', CHECK], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == 'unchanged', out.stderr[-2000:]
+
+
+# (module, names) that users reach for: in the README, the docs and the quickstart notebook
+PUBLIC = [
+    ('lvae', ['get_model', 'list_models', 'register_model', 'load_model', 'VariableRateLossyVAE', 'RDConfig', 'accel',
+              'bd_rate', 'bd_psnr']),
+    ('lvae.evaluation', ['evaluate_bound', 'lambda_grid', 'pad_to_multiple', 'as_test_set', 'TestSet']),
+    ('lvae.bdrate', ['bd_rate', 'bd_psnr', 'get_anchor', 'list_anchors', 'read_curve', 'bd_table']),
+    ('lvae.accel', ['prepare', 'reference', 'restoring', 'CPUConvNeXtBlock', 'inference_forms']),
+    ('lvae.accel.memory', ['reuse_freed_memory']),
+    ('lvae.sources', ['get_source', 'list_sources', 'register_source', 'true_curve', 'GaussianField']),
+    ('lvae.sources.fit', ['fit_field']),
+    ('lvae.training', ['Recipe', 'Trainer']),
+    ('lvae.training.data', ['SourceSamples', 'endless_batches', 'training_set']),
+    ('lvae.models', ['model_from_checkpoint', 'parse_model_args', 'registered_config']),
+    ('lvae.checkpoint', ['load_file', 'load_weights', 'save_checkpoint', 'export_weights']),
+    ('lvae.data', ['load_image', 'dataset_path', 'list_images', 'ImageFolderCrops']),
+    ('lvae.anchors', ['make_codec', 'anchor_curve']),
+    ('lvae.datasets', ['download', 'find_or_download']),
+]
+COMMANDS = ['lvae.bdrate', 'lvae.anchors', 'lvae.datasets', 'lvae.checkpoint', 'lvae.sources']
+
+
+@pytest.mark.parametrize('module, names', PUBLIC, ids=[m for m, _ in PUBLIC])
+def test_the_public_import_paths_work(module, names):
+    found = importlib.import_module(module)
+    assert [n for n in names if not hasattr(found, n)] == []
+
+
+@pytest.mark.parametrize('command', COMMANDS)
+def test_every_command_answers_help(command):
+    out = subprocess.run([sys.executable, '-m', command, '--help'], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f'python -m {command}' in out.stdout and 'Traceback' not in out.stderr, out.stderr

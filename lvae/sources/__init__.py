@@ -9,8 +9,7 @@ A source name works wherever a dataset name does in ``train-var-rate.py`` (``--t
 ``--valset``) and ``eval-var-rate.py`` (``--dataset_name``: the fixed held-out sample, against the truth).
 ``python -m lvae.sources NAME`` prints the true R(D) at a few PSNRs.
 """
-from lvae.datasets import find_or_download
-from lvae.paths import dataset_path
+from lvae.data import dataset_path, find_or_download
 from lvae.sources.gaussian import GaussianField
 
 SOURCES = {}
@@ -27,25 +26,32 @@ def list_sources():
     return sorted(SOURCES)
 
 
+def find_source(name):
+    """The registered source called ``name`` (a GaussianField), or None when ``name`` is not a source's name."""
+    return SOURCES.get(name) if isinstance(name, str) else None
+
+
 def is_source(name):
-    return isinstance(name, str) and name in SOURCES
+    return find_source(name) is not None
 
 
 def get_source(name):
     """The registered source ``name`` (:func:`list_sources`)."""
-    if not is_source(name):
+    source = find_source(name)
+    if source is None:
         raise ValueError(f'unknown source {name!r}; known: {", ".join(list_sources())}')
-    return SOURCES[name]
+    return source
 
 
-def resolve(name, download=False):
-    """A dataset argument -> a source (a registered source's name) or a folder (:func:`lvae.paths.dataset_path`; a
+def resolve(name, download=False, progress=True):
+    """A dataset argument -> a source (a registered source's name) or a folder (:func:`lvae.data.dataset_path`; a
     known test set missing on this machine is downloaded first when ``download``). An unknown name is a
     ValueError that lists the known datasets and the sources."""
-    if is_source(name):
-        return get_source(name)
+    source = find_source(name)
+    if source is not None:
+        return source
     try:
-        return find_or_download(name) if download else dataset_path(name)
+        return find_or_download(name, progress=progress) if download else dataset_path(name)
     except ValueError as e:
         raise ValueError(f'{e}; or a source with a known R(D): {", ".join(list_sources())}') from None
 
@@ -68,5 +74,5 @@ register_source(GaussianField(
 
 from lvae.sources.truth import excess, excess_table, true_curve  # noqa: E402 (they use the registry above)
 
-__all__ = ['GaussianField', 'excess', 'excess_table', 'get_source', 'is_source', 'list_sources', 'register_source',
-           'resolve', 'source_record', 'true_curve']
+__all__ = ['GaussianField', 'excess', 'excess_table', 'find_source', 'get_source', 'is_source', 'list_sources',
+           'register_source', 'resolve', 'source_record', 'true_curve']

@@ -7,8 +7,7 @@ Gaussian with a photograph's contrast would leave [0, 1] in most draws).
 """
 import numpy as np
 
-from lvae.images import list_images, load_image
-from lvae.paths import dataset_path
+from lvae.data import dataset_path, list_images, load_image
 from lvae.sources.gaussian import GaussianField, frequencies
 
 

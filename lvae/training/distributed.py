@@ -7,7 +7,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from lvae.memory import reuse_freed_memory
+from lvae.accel.memory import reuse_freed_memory
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Processes:
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True  # fixed crop size: autotune the convolutions once
         else:
-            reuse_freed_memory()  # no page faults for every activation (lvae.memory)
+            reuse_freed_memory()  # no page faults for every activation (lvae.accel.memory)
         if self.ddp:
             # torchrun's store outlives a restart of the workers: keys under a prefix of their own, or the
             # restarted group would read the addresses of the dead one
@@ -84,6 +84,13 @@ class Processes:
         if error is not None:
             raise error
         return result
+
+    def on_master(self, fn):
+        """``fn()`` run on rank 0 alone: its result there (None on the other ranks, which need not hold it), and on
+        every rank the ValueError / OSError it raised."""
+        held = []
+        self.from_master(lambda: held.append(fn()))
+        return held[0] if held else None
 
     def gather(self, obj):
         """Every rank's ``obj``, as a list in rank order."""

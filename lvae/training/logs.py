@@ -1,15 +1,11 @@
 """What a run tells: the progress bar and training logs (rank 0), wandb, the throughput summary."""
-import os
 import time
 import warnings
 
 import torch
 from tqdm import tqdm
 
-from lvae.bdrate import DEFAULT_ANCHOR, resolve_anchor_curve
-from lvae.images import check_images
-from lvae.paths import dataset_name
-from lvae.sources import get_source, is_source, true_curve
+from lvae.evaluation.anchors import resolve_anchor_curve
 from lvae.training.runs import UsageError
 from lvae.training.validation import ValidationRecord, set_id
 
@@ -41,28 +37,18 @@ def check_wandb_login(args):
 
 class RunLog:
     """Rank 0's validation set, its record in the run folder and the wandb run (``wandb.init`` with the run's flags,
-    resumed by id; :class:`NoLogging` when disabled). ``images``: checked image paths, or a source's name (its
-    held-out sample); :meth:`reference` gives the curve that validation BD-rates are measured against;
-    ``record`` is the run's :class:`~lvae.training.validation.ValidationRecord` for this set (``legacy_best``:
-    see there)."""
+    resumed by id; :class:`NoLogging` when disabled). ``test``: the validation :class:`~lvae.evaluation.TestSet`
+    (its first ``--val_images`` are validated); :meth:`reference` gives the curve that validation BD-rates are
+    measured against; ``record`` is the run's :class:`~lvae.training.validation.ValidationRecord` for this set
+    (``legacy_best``: see there)."""
 
-    def __init__(self, args, folder, images, wandb_id, legacy_best=None):
-        self.truth = images if is_source(images) else None
-        if self.truth:
-            src = get_source(images)
-            self.images = src.held_out()[:args.val_images or None]
-            self.anchor = None
-            what = {'source': src.name, 'held_out_seed': src.held_out_seed, 'images': len(self.images)}
-        else:
-            images, bad = check_images(images)
-            for e in bad:
-                warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
-            self.images = images[:args.val_images or None]
-            self.anchor = resolve_anchor_curve(DEFAULT_ANCHOR, dataset_name(args.valset), missing_ok=True)
-            what = {'files': [[os.path.basename(p), os.path.getsize(p)] for p in self.images]}
-        self.record = ValidationRecord(folder, set_id(what, args.val_steps), legacy_best)
-        # R(D) is a function of the mean distortion: against the truth, the PSNR of the mean MSE
-        self.convention = 'psnr_of_mean_mse' if self.truth else 'psnr'
+    def __init__(self, args, folder, test, wandb_id, legacy_best=None):
+        for e in test.skipped:
+            warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
+        self.test = test.head(args.val_images)
+        self.truth = self.test.source is not None
+        self.convention = self.test.convention
+        self.record = ValidationRecord(folder, set_id(self.test.record, args.val_steps), legacy_best)
         self.enabled = args.wbmode != 'disabled'
         if self.enabled:
             import wandb
@@ -73,8 +59,8 @@ class RunLog:
             self.wb = NoLogging()
 
     def reference(self, test_psnr):
-        """``(label, bpp, psnr)`` of the anchor curve (the true R(D) over ``test_psnr`` for a source), or None."""
-        found = true_curve(self.truth, test_psnr) if self.truth else self.anchor
+        """``(label, bpp, psnr)`` of the set's anchor curve (a source's true R(D) over ``test_psnr``), or None."""
+        found = resolve_anchor_curve(self.test.default_anchor, self.test.name, missing_ok=True, test_psnr=test_psnr)
         return None if found is None else (found[0], found[1]['bpp'], found[1][self.convention])
 
     def log_validation(self, metrics, png, seconds, step):

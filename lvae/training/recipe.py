@@ -1,5 +1,6 @@
 """The paper's training recipe as data: :class:`Recipe` (the optimisation flags with the paper's defaults) and
-the rules it implies, the learning-rate schedule and the EMA decay (``SPEC.md``, "The training recipe").
+the rules it implies, the learning-rate schedule and the EMA decay (docs/contract.md, "The training update";
+docs/training.md).
 
 Iterations ``t`` count optimizer updates from 0. Learning rates are in the units of Adam's ``lr``.
 """

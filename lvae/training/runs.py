@@ -26,7 +26,7 @@ import torch
 
 from lvae.checkpoint import CheckpointWriteError, load_file, save_checkpoint
 from lvae.models.rd.zoo import parse_model_args, registered_config
-from lvae.results import save_json
+from lvae.evaluation.results import save_json
 
 try:
     import fcntl
@@ -163,15 +163,30 @@ def _create_exclusive(path, identity):
     return fd
 
 
+def _running(folder):
+    """Whether a process holds the run in ``folder`` now (the lock on its run.json)."""
+    try:
+        fd = os.open(os.path.join(folder, RUN_FILE), os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        return not _lock(fd, folder)
+    finally:
+        os.close(fd)  # drops the lock taken to look
+
+
 def taken_message(folder):
     """Why a new run cannot start in ``folder``, and the ways out."""
     identity = _read_json(os.path.join(folder, RUN_FILE)) or {}
     what = f'a {identity["model"]} run' if identity.get('model') else 'a run'
     if identity.get('created'):
         what += f' started {identity["created"]}'
+    if _running(folder):
+        return (f'{folder} already holds {what}, running now ({_describe_owner(folder)}); choose another --name, or '
+                f'continue that run with --resume {folder} once it has stopped')
     if not os.path.exists(os.path.join(folder, 'last.pt')):
-        return (f'{folder} already holds {what} (it has no last.pt yet: running, or stopped before its first '
-                f'checkpoint); choose another --name, or remove the folder if that run is dead')
+        return (f'{folder} already holds {what} that stopped before its first checkpoint (no last.pt to --resume); '
+                f'choose another --name, or remove the folder to start it again')
     return f'{folder} already holds {what}; continue it with --resume {folder}, or choose another --name'
 
 

@@ -15,18 +15,19 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
-from lvae.bdrate import MIN_POINTS, bd_rate
+from lvae.evaluation.bdrate import MIN_POINTS, bd_rate
 from lvae.checkpoint import save_checkpoint
 from lvae.errors import first_line
 from lvae.evaluation import evaluate_bound, lambda_grid
-from lvae.plotting import plot_rd
+from lvae.evaluation.plotting import plot_rd
 from lvae.training.runs import header
 
 VALIDATIONS_FILE = 'validations.jsonl'
 
 
 def validate(model, images, steps, reference=None, convention='psnr', device=None, amp='none'):
-    """Bound evaluation on ``images`` (paths or an image tensor) at ``steps`` lambdas. Returns a dict of scalars
+    """Bound evaluation on ``images`` (a :class:`~lvae.evaluation.TestSet`, or what resolves into one) at ``steps``
+    lambdas. Returns a dict of scalars
     (``val/loss``: the training objective, nats per dimension + lambda * MSE in [-1, 1] scale, averaged over
     images and lambdas; ``val/bpp``, ``val/psnr``; ``val/bd_rate`` in %, the curve in PSNR ``convention``
     against ``reference(psnr) -> (label, bpp, psnr)`` where it gives one) and the
@@ -110,7 +111,7 @@ def run_validation(folder, args, trainer, run, val, device, stop):
     net = trainer.ema.module if trainer.ema is not None else trainer.model
     t0 = time.time()
     with stop.interrupting():
-        metrics, res, anchor = validate(net, val.images, args.val_steps, val.reference, val.convention, device,
+        metrics, res, anchor = validate(net, val.test, args.val_steps, val.reference, val.convention, device,
                                         args.amp)
     trainer.model.train()
     record = val.record

@@ -24,7 +24,7 @@ def standard_normal(like):
 
 @dataclass
 class RDConfig:
-    """Architecture of a :class:`VariableRateLossyVAE` (SPEC.md, "Config schema")."""
+    """Architecture of a :class:`VariableRateLossyVAE` (docs/contract.md, "The config")."""
     enc_dims: list = field(default_factory=lambda: [256, 512, 640, 768, 768])  # stage 0 at 1/4 ... 4 at 1/64
     enc_nums: list = field(default_factory=lambda: [6, 6, 6, 4, 4])
     dec_dims: list = field(default_factory=lambda: [768, 768, 640, 512, 256])  # stage 0 at 1/64 ... 4 at 1/4
@@ -64,7 +64,7 @@ class RDConfig:
 
 
 class LatentVariableBlock(nn.Module):
-    """One Gaussian latent of the top-down decoder (SPEC.md, "Latent-variable block").
+    """One Gaussian latent of the top-down decoder (docs/contract.md, "The model").
 
     Decoder feature (B, C, h, w) and encoder feature (B, Ce, h, w) -> new decoder feature and a stats dict
     holding ``kl`` (B, Z, h, w) in nats (in 'posterior' mode) and ``z`` when asked.
@@ -167,7 +167,7 @@ class VariableRateLossyVAE(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        """Build from a plain dict in the SPEC schema (or an :class:`RDConfig`)."""
+        """Build from a plain dict in the config schema (docs/contract.md) (or an :class:`RDConfig`)."""
         return cls(cfg if isinstance(cfg, RDConfig) else RDConfig.from_dict(dict(cfg)))
 
     # ---------------------------------------------------------------- lambda

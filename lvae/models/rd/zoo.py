@@ -1,8 +1,10 @@
-"""Registered R(D) bound models: the paper's base model and ablations (SPEC.md zoo table), and small
-configs that train on a CPU."""
+"""Registered R(D) bound models: the paper's base model and ablations (docs/contract.md, "The model zoo"), and
+small configs that train on a CPU; what a config is (:func:`registered_config`) and how ``--model_args`` override
+it (:func:`parse_model_args`)."""
 import ast
 import os
 
+from lvae.checkpoint import load_weights
 from lvae.models.registry import register_model
 from lvae.models.rd.model import RDConfig, VariableRateLossyVAE
 
@@ -92,7 +94,6 @@ def parse_model_args(text):
 
 def build(name, pretrained=False, **overrides):
     """Build zoo model ``name`` with config ``overrides``; load weights as :func:`lvae.get_model` describes."""
-    from lvae.checkpoint import load_weights  # here, so that `python -m lvae.checkpoint` runs a fresh module
     model = VariableRateLossyVAE.from_config({**CONFIGS[name], **overrides})
     if pretrained is True:
         if name not in PRETRAINED:
@@ -111,7 +112,7 @@ def _register(name):
         return build(name, pretrained=pretrained, **overrides)
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = f'{name}: ``get_model({name!r}, pretrained=False, **config_overrides)``.'
-    register_model(factory)
+    register_model(factory, pretrained=name in PRETRAINED)
 
 
 for _name in CONFIGS:

@@ -1,0 +1,105 @@
+"""Bootstrap intervals over images and the two PSNR conventions, on synthetic per-image figures."""
+import json
+
+import numpy as np
+import pytest
+
+import lvae
+from lvae.bdrate import get_anchor
+from lvae.bdrate.__main__ import main
+from lvae.evaluation.intervals import bootstrap, draw_bd_rates
+from lvae.evaluation.results import dataset_curves, per_image_figures, psnr
+
+
+def synthetic_images(n=24, spread=0.3, seed=1):
+    """Per-image figures (N, 16) around VTM 18.0's Kodak curve: image i needs exp(-0.3 + spread * u_i) times
+    VTM's bits and its PSNR is VTM's shifted by up to +-3 dB (heterogeneous images when spread > 0)."""
+    vtm = get_anchor('kodak')
+    rng = np.random.default_rng(seed)
+    target = np.linspace(29, 41, 16)
+    log_rate = np.interp(target, vtm['psnr'][::-1], np.log(vtm['bpp'][::-1]))
+    u = rng.uniform(-1, 1, size=(n, 1)) if spread else np.zeros((n, 1))
+    bpp = np.exp(log_rate - 0.3 + spread * u)
+    img_psnr = target + 3 * u
+    return bpp, img_psnr, 10 ** (-img_psnr / 10)
+
+
+def test_intervals_bracket_the_point_estimates():
+    bpp, img_psnr, mse = synthetic_images()
+    vtm = get_anchor('kodak')
+    point = dataset_curves(bpp, img_psnr, mse)
+    found = bootstrap(bpp, img_psnr, mse, anchors={'vtm': vtm}, resamples=500)
+    for key in ('bpp', 'psnr', 'psnr_of_mean_mse'):
+        low, high = np.array(found[key]).T
+        assert (low < point[key]).all() and (point[key] < high).all(), key
+    low, high = found['bd_rate']['vtm']['psnr']
+    value = lvae.bd_rate(vtm['bpp'], vtm['psnr'], point['bpp'], point['psnr'])
+    assert low < value < high and high - low > 1.0  # images that differ this much leave a spread of percents
+    assert found['method'] == 'percentile bootstrap over images' and found['resamples'] == 500
+
+
+def test_identical_images_collapse_the_interval_to_the_point():
+    bpp, img_psnr, mse = synthetic_images(spread=0)
+    vtm = get_anchor('kodak')
+    point = dataset_curves(bpp, img_psnr, mse)
+    found = bootstrap(bpp, img_psnr, mse, anchors={'vtm': vtm}, resamples=200)
+    for key in ('bpp', 'psnr', 'psnr_of_mean_mse'):
+        assert np.array(found[key]) == pytest.approx(np.stack([point[key]] * 2, axis=1), rel=1e-12), key
+    value = lvae.bd_rate(vtm['bpp'], vtm['psnr'], point['bpp'], point['psnr'])
+    assert found['bd_rate']['vtm']['psnr'] == pytest.approx([value, value], abs=1e-9)
+
+
+def test_the_interval_is_reproducible_and_follows_the_seed():
+    figures = synthetic_images()
+    vtm = {'vtm': get_anchor('kodak')}
+    a, b = bootstrap(*figures, anchors=vtm, resamples=300), bootstrap(*figures, anchors=vtm, resamples=300)
+    c = bootstrap(*figures, anchors=vtm, resamples=300, seed=1)
+    assert a == b and a['bd_rate'] != c['bd_rate'] and a['seed'] == 0 and c['seed'] == 1
+
+
+def test_the_two_psnr_conventions_differ_on_heterogeneous_images():
+    """The PSNR of the mean MSE is below the mean PSNR when images differ (Jensen) and equal when they do not."""
+    curves = dataset_curves(*synthetic_images())
+    assert (curves['psnr_of_mean_mse'] < curves['psnr'] - 0.2).all()  # 0.29 dB for +-3 dB
+    same = dataset_curves(*synthetic_images(spread=0))
+    assert same['psnr_of_mean_mse'] == pytest.approx(same['psnr'], abs=1e-9)
+    assert psnr(np.array([1e-3])) == pytest.approx([30.0])
+
+
+def test_codec_results_without_mse_get_it_from_their_psnr_but_multi_draw_results_do_not():
+    rows = [{'file': 'a.png', 'bpp': [0.1, 0.2], 'psnr': [30.0, 40.0]}]
+    bpp, img_psnr, mse = per_image_figures({'per_image': rows})
+    assert mse == pytest.approx(np.array([[1e-3, 1e-4]]))
+    assert per_image_figures({'per_image': rows, 'samples': 2}) is None
+    with pytest.raises(ValueError, match='lists of one length'):
+        per_image_figures({'per_image': rows + [{'bpp': [0.1], 'psnr': [30.0], 'mse': [1e-3]}]})
+
+
+def test_draw_bd_rates_give_one_value_per_draw():
+    vtm = get_anchor('kodak')
+    curves = [dataset_curves(*synthetic_images(seed=s)) for s in (1, 2)]
+    draws = {key: [c[key].tolist() for c in curves] for key in curves[0]}
+    rates = draw_bd_rates(draws, vtm)
+    assert len(rates['psnr']) == 2 and rates['psnr'][0] != rates['psnr'][1]
+    assert rates['psnr'][0] == pytest.approx(lvae.bd_rate(vtm['bpp'], vtm['psnr'], curves[0]['bpp'],
+                                                          curves[0]['psnr']))
+
+
+def test_cli_prints_the_interval_of_a_result_with_per_image_figures(tmp_path, capsys):
+    bpp, img_psnr, mse = synthetic_images()
+    curves = dataset_curves(bpp, img_psnr, mse)
+    path = tmp_path / 'synthetic.json'
+    path.write_text(json.dumps({
+        'name': 'synthetic', 'test-set': 'kodak', 'results': {k: v.tolist() for k, v in curves.items()},
+        'intervals': {'resamples': 400, 'seed': 3},
+        'per_image': [{'file': f'{i}.png', 'bpp': bpp[i].tolist(), 'psnr': img_psnr[i].tolist(),
+                       'mse': mse[i].tolist()} for i in range(len(bpp))]}))
+    assert main([str(path)]) == 0
+    first = capsys.readouterr().out
+    assert main([str(path)]) == 0
+    assert capsys.readouterr().out == first
+    cell = next(line for line in first.splitlines() if line.startswith('| mean of per-image PSNR (paper) | cubic')
+                ).split('|')[3]
+    value, low, high = (float(v) for v in cell.replace('[', ' ').replace(']', ' ').replace(',', ' ').split())
+    assert low < value < high
+    assert '95% interval, percentile bootstrap over images (24 images, 400 resamples, seed 3)' in first

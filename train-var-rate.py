@@ -280,7 +280,7 @@ def main(argv=None):
             print(f'\nerror: {e}; {then}', file=sys.stderr)
         status = EXIT_IO
     finally:
-        batches.close()  # the loader's workers leave signals to us (lvae.data.endless_batches): end them here
+        batches.close()  # the loader's workers leave signals to us (lvae.training.data.endless_batches): end them here
         if claim:
             claim.release()
     progress.close(trainer, run, status is None, folder)

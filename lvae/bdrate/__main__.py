@@ -1,7 +1,8 @@
 """``python -m lvae.bdrate RESULT.json [--anchor vtm-18.0 | yang-mandt-2022 | true-rd | ANCHOR.json] [--dataset NAME]``:
 BD-rate and BD-PSNR of a result against an anchor, in both PSNR conventions, with a 95% bootstrap interval when
 the result has per-image figures; a result on a source (:mod:`lvae.sources`) is compared with the source's true
-R(D) by default, point by point too. A refined result compared with its plain one: ``--anchor PLAIN.json``."""
+R(D) by default, point by point too. A refined result compared with its plain one: ``--anchor PLAIN.json`` (an
+anchor result of the same images is resampled with the result: the interval is that of the difference)."""
 import os
 import sys
 
@@ -10,6 +11,7 @@ from lvae.evaluation.anchors import DEFAULT_ANCHOR, TRUE_RD, default_anchor, lis
     resolve_anchor_curve
 from lvae.evaluation.intervals import bootstrap
 from lvae.evaluation.report import comparison
+from lvae.sources import find_source
 
 
 def main(argv=None):
@@ -33,8 +35,13 @@ def main(argv=None):
         if read['per_image'] is not None:
             settings = {key: read['intervals'][key] for key in ('resamples', 'seed', 'level')
                         if read['intervals'] and key in read['intervals']}
-            intervals = bootstrap(*read['per_image'], anchors={k: curve for k, (_, curve) in refs.items()},
-                                  **settings)
+            source = find_source(dataset) if anchor == TRUE_RD else None
+            same = read_curve(anchor) if os.path.isfile(anchor) else None
+            paired = {os.path.basename(anchor): same['per_image']} \
+                if same and same['per_image'] is not None and same['files'] == read['files'] else {}
+            intervals = bootstrap(*read['per_image'], truth=source.rate_bpp if source is not None else None,
+                                  anchors={k: curve for k, (_, curve) in refs.items() if k not in paired},
+                                  paired=paired, **settings)
         print(comparison(read['curve'], refs, intervals, len(read['per_image'][0]) if intervals else None,
                          name=read['name'], dataset=dataset or ''))
     except ValueError as e:

@@ -1,7 +1,8 @@
-"""Evaluation: the R(D) bound of a model on a test set (:mod:`~lvae.evaluation.bound`, :mod:`~lvae.evaluation.testsets`),
-its comparison with codecs and with the truth (:mod:`~lvae.evaluation.bdrate`, :mod:`~lvae.evaluation.anchors`,
-:mod:`~lvae.evaluation.codecs`, :mod:`~lvae.evaluation.intervals`), and what it writes and prints
-(:mod:`~lvae.evaluation.results`, :mod:`~lvae.evaluation.plotting`, :mod:`~lvae.evaluation.report`).
+"""Evaluation: the R(D) bound of a model on a test set (:mod:`~lvae.evaluation.bound`,
+:mod:`~lvae.evaluation.testsets`, :mod:`~lvae.evaluation.refine`), its comparison with codecs and with the truth
+(:mod:`~lvae.evaluation.bdrate`, :mod:`~lvae.evaluation.anchors`, :mod:`~lvae.evaluation.codecs`,
+:mod:`~lvae.evaluation.intervals`), and what it writes and prints (:mod:`~lvae.evaluation.results`,
+:mod:`~lvae.evaluation.plotting`, :mod:`~lvae.evaluation.report`).
 
 >>> from lvae.evaluation import evaluate_bound
 >>> result = evaluate_bound(model, 'kodak', steps=16)   # bpp (bits per original pixel) and PSNR per lambda

@@ -41,7 +41,8 @@ def read_curve(path):
     """Read an R-D JSON: ours, the authors' / CompressAI layout (``results: {bpp, psnr}``) or a plain
     ``{bpp, psnr}``. Returns a dict: ``name``, ``dataset`` (or None), ``curve`` (``bpp``, ``psnr`` and, when
     the file has them, ``psnr_of_mean_mse`` / ``mse_255``), ``per_image`` (``(bpp, psnr, mse)`` (N, L) arrays,
-    or None) and ``intervals`` (the file's bootstrap settings, or None)."""
+    or None), ``files`` (the per-image rows' file names, or None) and ``intervals`` (the file's bootstrap settings,
+    or None)."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -62,6 +63,7 @@ def read_curve(path):
         curve['psnr_of_mean_mse'] = dataset_curves(*per_image)['psnr_of_mean_mse'].tolist()
     return {'name': data.get('name') or os.path.splitext(os.path.basename(path))[0],
             'dataset': data.get('test-set') or data.get('dataset_name'), 'curve': curve, 'per_image': per_image,
+            'files': [row.get('file') for row in data['per_image']] if per_image is not None else None,
             'intervals': data.get('intervals') if isinstance(data.get('intervals'), dict) else None}
 
 

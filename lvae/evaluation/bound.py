@@ -8,6 +8,7 @@ whose sides are not multiples of 64, e.g. Tecnick 1200 -> 1216, by about 2-3%).
 """
 import contextlib
 import functools
+import itertools
 import math
 import os
 import time
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lvae import accel
+from lvae.evaluation.refine import Refinement, posterior_offsets, refine_posteriors
 from lvae.evaluation.results import dataset_curves, psnr
 from lvae.evaluation.testsets import as_test_set
 from lvae.models.rd.model import MAX_STRIDE
@@ -36,6 +38,7 @@ NOISE = ('device', 'cpu')
 # 4 x 768 x 512 peaks at 2.3 GB above the model (1 lambda: 0.63 GB).
 CPU_PIXELS_PER_FORWARD = 4 * 512 * 768
 BITS_PER_NAT = math.log2(math.e)
+REFINE_STREAM = 1  # the refinement draws from seeds (seed, draw, image, lambda, REFINE_STREAM), never the bound's
 
 
 def pixel_count(h, w, bpp_pixels):
@@ -102,7 +105,7 @@ def _seed(*parts):
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
-def _noise_from(generators):
+def noise_from(generators):
     """A ``noise(like)`` for :meth:`forward_end2end`: sample b of the batch draws from ``generators[b]`` on the
     generator's device, then moves them to ``like``'s device (a no-op where they are the same)."""
     def noise(like):
@@ -133,15 +136,16 @@ class _BatchSizer:
         return True
 
 
-@torch.inference_mode()
-def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None, noise='device'):
+def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None, noise='device', refinement=None,
+                   refine_seeds=None):
     """KL bits and MSE of one image at each lambda.
 
     im: (3, H, W) in [0, 1]; lambdas and seeds: one per forward sample; noise: where the draws are made
-    (:data:`NOISE`). Returns ``(bits, mse)``, two float64 arrays of len(lambdas): bits of the whole padded
-    image, MSE on [0, 1] over the original pixels.
+    (:data:`NOISE`); refinement: a :class:`~lvae.evaluation.refine.Refinement` of each posterior first, its draws
+    seeded by ``refine_seeds`` (one per sample, never ``seeds``). Returns ``(bits, mse)``, two float64 arrays of
+    len(lambdas): bits of the whole padded image, MSE on [0, 1] over the original pixels.
     """
-    device = next(model.parameters()).device
+    device = next(itertools.chain(model.parameters(), model.buffers())).device  # a channel may have no parameters
     noise_device = device if noise == 'device' else torch.device('cpu')
     sizer = sizer or _BatchSizer(device, 'auto')
     im = im.to(device).unsqueeze(0)
@@ -154,14 +158,20 @@ def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None, noise='devic
         gens = [torch.Generator(noise_device).manual_seed(s) for s in seeds[chunk]]
         lmb = torch.tensor(lambdas[chunk], dtype=torch.float32, device=device)
         try:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16'):
-                x_hat, stats = model.forward_end2end(padded.expand(n, -1, -1, -1), lmb, noise=_noise_from(gens))
+            offsets = None
+            if refinement is not None:
+                drawn = [torch.Generator(noise_device).manual_seed(s) for s in refine_seeds[chunk]]
+                offsets = refine_posteriors(model, padded.expand(n, -1, -1, -1), im, lmb, refinement,
+                                            noise_from(drawn), amp)
+            with torch.inference_mode(), posterior_offsets(model, offsets) if offsets else contextlib.nullcontext(), \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16'):
+                x_hat, stats = model.forward_end2end(padded.expand(n, -1, -1, -1), lmb, noise=noise_from(gens))
+                bits[chunk] = (model.kl_per_image(stats).double() * BITS_PER_NAT).cpu().numpy()
+                mse[chunk] = distortion(model, x_hat, im).double().cpu().numpy()
         except torch.OutOfMemoryError:
             if sizer.shrink(n):
                 continue
             raise
-        bits[chunk] = (model.kl_per_image(stats).double() * BITS_PER_NAT).cpu().numpy()
-        mse[chunk] = distortion(model, x_hat, im).double().cpu().numpy()
         start += n
     return bits, mse
 
@@ -195,7 +205,7 @@ def _leaves_model_as_found(evaluate):
 @_leaves_model_as_found
 def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixels='original', samples=1,
                    seed=0, skip_invalid=False, lmb_batch='auto', amp=None, tf32_ok=False, noise='device',
-                   progress=True):
+                   progress=True, refine=None):
     """Estimate the model's R(D) bound on ``images``: a :class:`~lvae.evaluation.testsets.TestSet`, or what
     :func:`~lvae.evaluation.testsets.as_test_set` resolves into one (a dataset name, a folder, a list of files, a
     source's name or an (N, 3, H, W) image tensor in [0, 1]).
@@ -209,6 +219,9 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     ('device', the default: fast) or on CPU generators ('cpu': the same draws on every device).
     lmb_batch: lambdas per forward ('auto' or an int); amp: None (fp32) or 'bf16' (autocast); tf32_ok: let
     CUDA run fp32 matmuls and convolutions in TF32 (default: strict fp32, whatever torch's global flags say).
+    refine: refine each image's posterior at each lambda before its bound is drawn (:mod:`lvae.evaluation.refine`:
+    a number of steps, or a :class:`~lvae.evaluation.refine.Refinement`); a tighter bound from the same weights,
+    recorded in the result's ``refine``.
     The model runs in its :func:`lvae.accel.prepare` form for ``device`` (same numbers) and is given back as
     it came: device, memory format, ``training`` flag, blocks.
 
@@ -242,6 +255,8 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     if not len(test):
         raise InvalidImagesError(test.skipped) if test.skipped else ValueError('no images to evaluate')
     check_finite_weights(model)
+    refinement = Refinement(refine) if isinstance(refine, int) else refine
+    refinement = refinement if refinement is not None and refinement.steps else None  # 0 steps: the plain bound
     device = torch.device(device) if device is not None else default_device()
     model = accel.prepare(model, device).eval()
     sizer = _BatchSizer(device, lmb_batch)
@@ -250,14 +265,17 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     all_bpp, all_mse = np.empty((K, len(test), L)), np.empty((K, len(test), L))
     per_image = []
     t0 = time.time()
-    bar = tqdm(range(len(test)), desc='bound', unit='img', disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(len(test)), desc='bound, refined' if refinement else 'bound', unit='img', disable=not progress,
+               dynamic_ncols=True)
     for i in bar:
         name, im = test.image(i)
         h, w = im.shape[1:]
         pixels = pixel_count(h, w, bpp_pixels)
         seeds = [_seed(seed, k, i, j) for k in range(K) for j in range(L)]
+        refine_seeds = [_seed(seed, k, i, j, REFINE_STREAM) for k in range(K) for j in range(L)]
         with tf32(tf32_ok):
-            bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp, noise=noise)
+            bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp, noise=noise,
+                                       refinement=refinement, refine_seeds=refine_seeds)
         if not (np.isfinite(bits).all() and np.isfinite(mse).all()):
             at = [round(v, 4) for v, b, m in zip(lambdas * K, bits, mse) if not np.isfinite(b + m)]
             raise ValueError(f'{name}: the model gave a non-finite rate or distortion at lambda {at[:4]}; no result '
@@ -280,5 +298,5 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         'skipped': [{'file': os.path.basename(e.path), 'reason': e.reason} for e in test.skipped],
         'test_set': test.name, 'num_images': len(test), 'samples': K, 'seed': seed, 'bpp_pixels': bpp_pixels,
         'device': str(device), 'amp': amp, 'tf32': bool(tf32_ok and device.type == 'cuda'), 'noise': noise,
-        'refine': None, 'seconds': time.time() - t0,
+        'refine': refinement.record(seed) if refinement else None, 'seconds': time.time() - t0,
     }

@@ -37,24 +37,49 @@ def bd_rates(test_bpp, test_psnr, anchor, convention):
     return np.array([bd_rate(anchor['bpp'], anchor_psnr, b, p) for b, p in zip(test_bpp, test_psnr)])
 
 
-def bootstrap(bpp, img_psnr, mse, anchors=None, resamples=RESAMPLES, seed=SEED, level=LEVEL):
+def bootstrap(bpp, img_psnr, mse, anchors=None, resamples=RESAMPLES, seed=SEED, level=LEVEL, truth=None,
+              paired=None):
     """Intervals of the curve points and BD-rates from per-image figures, each an (N, L) array.
 
-    anchors: ``{key: curve}`` with curve a dict ``{'bpp', 'psnr', ...}``. Returns a dict: ``method``, ``level``,
-    ``resamples``, ``seed``; per-point ``[low, high]`` lists under ``bpp``, ``psnr``, ``psnr_of_mean_mse``;
-    ``bd_rate``: ``{key: {convention: [low, high] or None}}`` (None: BD-rate undefined, e.g. under
-    ``MIN_POINTS`` points).
+    anchors: ``{key: curve}`` with curve a dict ``{'bpp', 'psnr', ...}``; truth: a source's R(D), bpp as a function
+    of the MSE on [0, 1] (an array in, an array out), e.g. ``GaussianField.rate_bpp``; paired: ``{key: (bpp, psnr,
+    mse)}``, the per-image figures ((N, L') arrays, the same N images in the same order) of anchors that are
+    evaluations of the same images, e.g. a plain result beside its refined one: each resample takes the same images
+    from both, so the interval is that of the difference between the two, not of the test alone. Returns a dict:
+    ``method``, ``level``, ``resamples``, ``seed``; per-point ``[low, high]`` lists under ``bpp``, ``psnr``,
+    ``psnr_of_mean_mse`` and, with ``truth``, ``excess`` (of the mean bpp over the truth at the mean MSE, bpp, the
+    two taken from the same resample); ``bd_rate``: ``{key: {convention: [low, high] or None}}`` (None: BD-rate
+    undefined, e.g. under ``MIN_POINTS`` points); ``paired``: the keys resampled with the test, when any.
     """
     n = len(bpp)
     if n < 1 or resamples < 1:
         raise ValueError(f'need at least one image and one resample, got {n} images, {resamples} resamples')
+    for key, figures in (paired or {}).items():
+        if len(figures[0]) != n:
+            raise ValueError(f'{key}: a paired anchor needs figures of the same {n} images, got {len(figures[0])}')
     picks = np.random.default_rng(seed).integers(0, n, size=(int(resamples), n))
     boot = dataset_curves(np.asarray(bpp)[picks], np.asarray(img_psnr)[picks], np.asarray(mse)[picks])
     out = {'method': METHOD, 'level': level, 'resamples': int(resamples), 'seed': int(seed)}
     out.update({key: _band(boot[key], level) for key in ('bpp', *CONVENTIONS)})
+    if truth is not None:
+        out['excess'] = _band(boot['bpp'] - truth(np.asarray(mse)[picks].mean(axis=-2)), level)
     out['bd_rate'] = {key: {conv: _band(bd_rates(boot['bpp'], boot[conv], anchor, conv), level)
                             for conv in CONVENTIONS} for key, anchor in (anchors or {}).items()}
+    for key, figures in (paired or {}).items():
+        anchor = dataset_curves(*(np.asarray(f)[picks] for f in figures))
+        out['bd_rate'][key] = {conv: _band(paired_bd_rates(boot, anchor, conv), level) for conv in CONVENTIONS}
+    if paired:
+        out['paired'] = sorted(paired)
     return out
+
+
+def paired_bd_rates(test, anchor, convention):
+    """BD-rate (%, cubic) of each resample's test curve w.r.t. the same resample's anchor curve (both
+    :func:`~lvae.evaluation.results.dataset_curves` of (R, N, L) figures); NaN where undefined."""
+    if min(np.shape(test['bpp'])[-1], np.shape(anchor['bpp'])[-1]) < MIN_POINTS:
+        return np.full(len(test['bpp']), np.nan)
+    return np.array([bd_rate(ab, ap, b, p) for b, p, ab, ap in
+                     zip(test['bpp'], test[convention], anchor['bpp'], anchor[convention])])
 
 
 def draw_bd_rates(draws, anchor):
@@ -66,5 +91,6 @@ def draw_bd_rates(draws, anchor):
 
 def describe(intervals, images):
     """One line saying what an interval of :func:`bootstrap` is."""
+    paired = ''.join(f'; paired: {key} resampled with the same images' for key in intervals.get('paired', []))
     return (f'{intervals["level"]:.0%} interval, {intervals["method"]} ({images} images, '
-            f'{intervals["resamples"]} resamples, seed {intervals["seed"]})')
+            f'{intervals["resamples"]} resamples, seed {intervals["seed"]}){paired}')

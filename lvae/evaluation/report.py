@@ -72,10 +72,6 @@ def _fmt(value, spec):
     return format(value, spec) if np.isfinite(value) else 'n/a'
 
 
-def _fmt(value, spec):
-    return format(value, spec) if np.isfinite(value) else 'n/a'
-
-
 def references(anchor, test_set, test_psnr):
     """{key: (label, curve)} of the BD-rate references with a curve for ``test_set`` (a name): ``anchor`` (on a
     source, :data:`TRUE_RD`: its true R(D) over ``test_psnr``), then the previous bound. A file anchor is keyed
@@ -100,7 +96,7 @@ def comparison(curve, refs, intervals=None, images=None, name='test', dataset=''
                               interval_note=describe(intervals, images) if intervals else '',
                               draws=(draws or {}).get(key)))
         if key == TRUE_RD:
-            parts.append(excess_table(dataset, curve))
+            parts.append(excess_table(dataset, curve, (intervals or {}).get('excess')))
     if intervals is None:
         parts.append('no interval: the file has no per-image figures')
     return '\n\n'.join(parts)
@@ -144,7 +140,8 @@ def report(result, test, anchor=None, name='test', plot=None):
     plot (the curve, the published curves of the test set, the reference dashed)."""
     anchor = anchor or test.default_anchor
     refs = references(anchor, test.name, result['psnr'] + result['psnr_of_mean_mse'])
-    intervals = bootstrap(*per_image_figures(result), anchors={key: curve for key, (_, curve) in refs.items()})
+    intervals = bootstrap(*per_image_figures(result), anchors={key: curve for key, (_, curve) in refs.items()},
+                          truth=test.source.rate_bpp if test.source is not None else None)
     bd = bd_summary(result, refs, intervals)
     draws = {key: {conv: bd[key][conv]['draws'] for conv in CONVENTIONS} for key in refs} if result['draws'] else None
     text = point_table(result, intervals) + '\n\n' + comparison(result, refs, intervals, result['num_images'], name,

@@ -11,14 +11,16 @@ A source name works wherever a dataset name does in ``train-var-rate.py`` (``--t
 """
 from lvae.data import dataset_path, find_or_download
 from lvae.sources.gaussian import GaussianField
+from lvae.sources.optimal import OptimalChannel, register_optimal_channel
 
 SOURCES = {}
 
 
 def register_source(source):
     """Make ``source`` (e.g. a :class:`GaussianField`, or :func:`lvae.sources.fit.fit_field`'s result) known by
-    its name."""
+    its name, and its optimal channel a model, ``<name>-optimal`` (:mod:`lvae.sources.optimal`)."""
     SOURCES[source.name] = source
+    register_optimal_channel(source)
     return source
 
 
@@ -36,8 +38,8 @@ def is_source(name):
 
 
 def get_source(name):
-    """The registered source ``name`` (:func:`list_sources`)."""
-    source = find_source(name)
+    """The registered source ``name`` (:func:`list_sources`); a source given itself is returned as it is."""
+    source = name if isinstance(name, GaussianField) else find_source(name)
     if source is None:
         raise ValueError(f'unknown source {name!r}; known: {", ".join(list_sources())}')
     return source
@@ -74,5 +76,5 @@ register_source(GaussianField(
 
 from lvae.sources.truth import excess, excess_table, true_curve  # noqa: E402 (they use the registry above)
 
-__all__ = ['GaussianField', 'excess', 'excess_table', 'find_source', 'get_source', 'is_source', 'list_sources',
-           'register_source', 'resolve', 'source_record', 'true_curve']
+__all__ = ['GaussianField', 'OptimalChannel', 'excess', 'excess_table', 'find_source', 'get_source', 'is_source',
+           'list_sources', 'register_source', 'resolve', 'source_record', 'true_curve']

@@ -60,6 +60,12 @@ class GaussianField:
         self._eigenvalues = np.sort(self._spectra.ravel())[::-1].copy()
 
     # ------------------------------------------------------------------------------------------------ the truth
+    def spectra(self):
+        """(3, size, size) float64: the eigenvalue of each colour component at each 2-D frequency bin (numpy's fft
+        layout), the variance of the field's coefficient there in any real orthonormal Fourier basis (the Hartley
+        basis of :mod:`lvae.sources.optimal`)."""
+        return self._spectra.copy()
+
     def eigenvalues(self):
         """The 3 * size^2 eigenvalues of the covariance, [0, 1] pixel scale (float64, descending)."""
         return self._eigenvalues.copy()
@@ -73,32 +79,38 @@ class GaussianField:
         """The PSNR (dB) of coding nothing: the MSE of the mean image, the per-dimension variance."""
         return float(10 * np.log10(1 / self.eigenvalues().mean()))
 
+    def _levels(self, mse):
+        """Reverse water-filling, exactly and for many MSEs at once: ``(theta, coded_from)``, the water level of each
+        MSE and the index in the ascending eigenvalues from which components are coded. ``D(theta)`` is piecewise
+        linear between the sorted eigenvalues, ``(sum of those below theta + theta * count of the rest) / n``, so
+        each MSE's piece is found by a search and the level solved for on it."""
+        lam = self._eigenvalues[::-1]                                           # ascending
+        n = len(lam)
+        below = np.concatenate([[0.0], np.cumsum(lam)])                         # sum of the j smallest
+        at_knots = (below[:-1] + lam * (n - np.arange(n))) / n                  # D(theta = lam[j])
+        mse = np.asarray(mse, dtype=np.float64)
+        if not (mse > 0).all():
+            raise ValueError(f'mse must be > 0, got {mse.min()}')
+        j = np.minimum(np.searchsorted(at_knots, mse, side='right'), n - 1)
+        theta = np.where(mse >= lam.mean(), lam[-1], (n * mse - below[j]) / (n - j))
+        return theta, j
+
     def water_level(self, mse):
-        """The reverse water-filling level theta at which the distortion is ``mse`` (per dimension, [0, 1])."""
-        lam = self._eigenvalues
-        mse = float(mse)
-        if not 0 < mse:
-            raise ValueError(f'mse must be > 0, got {mse}')
-        if mse >= lam.mean():
-            return float(lam.max())
-        lo, hi = 0.0, float(lam.max())
-        for _ in range(200):  # bisection to float64 precision
-            mid = 0.5 * (lo + hi)
-            if np.minimum(mid, lam).mean() < mse:
-                lo = mid
-            else:
-                hi = mid
-        return 0.5 * (lo + hi)
+        """The reverse water-filling level theta at which the distortion is ``mse`` (per dimension, [0, 1]); the
+        largest eigenvalue at and beyond the variance. A number or an array."""
+        theta, _ = self._levels(mse)
+        return float(theta) if np.ndim(mse) == 0 else theta
 
     def rate_bpp(self, mse):
         """The exact R(D) in bits per pixel at per-dimension MSE ``mse`` ([0, 1] scale); 0 at and beyond the
-        variance. Accepts a number or an array."""
-        if np.ndim(mse):
-            return np.array([self.rate_bpp(m) for m in np.ravel(mse)]).reshape(np.shape(mse))
-        theta = self.water_level(mse)
-        lam = self._eigenvalues
-        bits = 0.5 * np.log2(np.maximum(lam / theta, 1.0)).sum()
-        return float(bits / self.size ** 2)
+        variance. A number or an array."""
+        theta, j = self._levels(mse)
+        log_lam = np.log2(self._eigenvalues[::-1])
+        above = np.concatenate([np.cumsum(log_lam[::-1])[::-1], [0.0]])       # sum of log2 lambda from index j on
+        n = len(log_lam)
+        bits = 0.5 * np.maximum(above[j] - (n - j) * np.log2(theta), 0.0)
+        bits = np.where(np.asarray(mse) >= self._eigenvalues.mean(), 0.0, bits)
+        return float(bits / self.size ** 2) if np.ndim(mse) == 0 else bits / self.size ** 2
 
     def rate_at_psnr(self, psnr):
         """R(D) in bits per pixel at PSNR ``psnr`` (dB, of the MSE on [0, 1]); number or array."""

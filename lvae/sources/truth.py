@@ -16,7 +16,7 @@ def true_curve(name, test_psnr, margin=1.0, points=17):
     src = get_source(name)
     lo = max(min(test_psnr) - margin, src.zero_rate_psnr() + 0.05)   # below, the rate is 0: no log-rate
     hi = max(max(test_psnr) + margin, lo + margin)
-    return f'true R(D) of {name}', src.curve(np.linspace(lo, hi, points))
+    return f'true R(D) of {src.name}', src.curve(np.linspace(lo, hi, points))
 
 
 def excess(name, bpp, psnr_of_mean_mse):
@@ -29,18 +29,39 @@ def excess(name, bpp, psnr_of_mean_mse):
     return true_bpp, gap, percent
 
 
-def excess_table(name, curve):
-    """A markdown table of each point of ``curve`` (``bpp``, ``psnr_of_mean_mse``) against the true R(D) of
-    source ``name``, and a line saying whether every point lies above the truth."""
+def on_the_truth(true_bpp, bpp, excess_band, within=0.01, floor=0.1):
+    """Per point, whether it lies on the truth: within ``within`` (1%) of the true rate where that is at least
+    ``floor`` bpp; nearer zero rate, where the sample's own MSE noise moves the truth by more, a zero excess inside
+    the point's interval ``excess_band`` ([low, high] of bpp minus the truth at the mean MSE, over resamples of the
+    images). What the optimal channel of a source must give (its calibration)."""
+    return [abs(b - t) <= within * t if t >= floor else lo <= 0 <= hi
+            for t, b, (lo, hi) in zip(true_bpp, bpp, excess_band)]
+
+
+def excess_table(name, curve, excess_band=None):
+    """A markdown table of each point of ``curve`` (``bpp``, ``psnr_of_mean_mse``) against the true R(D) of source
+    ``name`` and a line saying where the points lie: above the truth, on it (:func:`on_the_truth`; ``excess_band``
+    the 95% intervals of the excess, from :func:`lvae.evaluation.intervals.bootstrap`), or below it beyond that
+    interval (a bound cannot)."""
     true_bpp, gap, percent = excess(name, curve['bpp'], curve['psnr_of_mean_mse'])
-    lines = [f'Each point against the true R(D) of {name} at its mean MSE:', '',
-             '| bpp | PSNR of mean MSE (dB) | true R(D) (bpp) | above the truth (bpp) | above the truth (%) |',
-             '|---:|---:|---:|---:|---:|']
-    for b, p, t, g, pc in zip(curve['bpp'], curve['psnr_of_mean_mse'], true_bpp, gap, percent):
-        share = f'{pc:+.1f}%' if np.isfinite(pc) else 'n/a (R(D) = 0 here)'
-        lines.append(f'| {b:.4f} | {p:.3f} | {t:.4f} | {g:+.4f} | {share} |')
-    below = int((gap < 0).sum())
-    lines += ['', f'every point lies above the truth (smallest excess {gap.min():+.4f} bpp)' if not below else
-              f'WARNING: {below} of {len(gap)} points lie BELOW the true R(D): a bound cannot; check the units '
-              f'(bits vs nats, the pixel count, the MSE scale) or the number of images']
-    return '\n'.join(lines)
+    band = excess_band or [[g, g] for g in gap]
+    lines = [f'Each point against the true R(D) of {get_source(name).name} at its mean MSE:', '',
+             '| bpp | PSNR of mean MSE (dB) | true R(D) (bpp) | above the truth (bpp) [95% interval] | above the '
+             'truth (%) |', '|---:|---:|---:|---:|---:|']
+    for b, p, t, g, (lo, hi), pc in zip(curve['bpp'], curve['psnr_of_mean_mse'], true_bpp, gap, band, percent):
+        share = f'{pc:+.2f}%' if np.isfinite(pc) else 'n/a (R(D) = 0 here)'
+        lines.append(f'| {b:.4f} | {p:.3f} | {t:.4f} | {g:+.4f} [{lo:+.4f}, {hi:+.4f}] | {share} |')
+    below = sum(hi < 0 for lo, hi in band)
+    if not (gap < 0).any():
+        verdict = f'every point lies above the truth (smallest excess {gap.min():+.4f} bpp)'
+    elif all(on_the_truth(true_bpp, curve['bpp'], band)):
+        verdict = ('every point lies on the truth: within 1% of it where it is at least 0.1 bpp, a zero excess inside '
+                   "the point's 95% interval below that")
+    elif not below:
+        verdict = (f'{int((gap < 0).sum())} of {len(gap)} points lie below the truth, within their 95% interval '
+                   f"(the sample's noise)")
+    else:
+        verdict = (f'WARNING: {below} of {len(gap)} points lie BELOW the true R(D) beyond their 95% interval: a '
+                   f'bound cannot; check the units (bits vs nats, the pixel count, the MSE scale) or the number of '
+                   f'images')
+    return '\n'.join(lines + ['', verdict])

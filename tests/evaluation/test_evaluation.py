@@ -11,7 +11,7 @@ from PIL import Image
 
 import lvae
 from lvae.evaluation import InvalidImagesError, compile_for_eval, evaluate_bound, lambda_grid
-from lvae.evaluation.bound import _noise_from, _seed, tf32
+from lvae.evaluation.bound import noise_from, _seed, tf32
 from lvae.data.images import load_image
 
 LAMBDAS = [8.0, 512.0]
@@ -41,7 +41,7 @@ def reference_bits_and_psnr(model, path, lmb, seed=0):
     padded = F.pad(im, (0, 192 - 131, 0, 128 - 77), mode='replicate')
     gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
-        x_hat, stats = model.forward_end2end(padded, torch.tensor([lmb]), noise=_noise_from([gen]))
+        x_hat, stats = model.forward_end2end(padded, torch.tensor([lmb]), noise=noise_from([gen]))
     bits = sum(s['kl'].sum().item() for s in stats) / math.log(2)
     rec = (x_hat.clamp(-1, 1) * 0.5 + 0.5)[:, :, :77, :131]
     return bits, -10 * math.log10((rec - im).square().mean().item())

@@ -103,3 +103,40 @@ def test_cli_prints_the_interval_of_a_result_with_per_image_figures(tmp_path, ca
     value, low, high = (float(v) for v in cell.replace('[', ' ').replace(']', ' ').replace(',', ' ').split())
     assert low < value < high
     assert '95% interval, percentile bootstrap over images (24 images, 400 resamples, seed 3)' in first
+
+
+def result_file(path, name, bpp, img_psnr, mse):
+    """An eval-var-rate.py-like result JSON of per-image figures on Kodak."""
+    curves = dataset_curves(bpp, img_psnr, mse)
+    path.write_text(json.dumps({
+        'name': name, 'test-set': 'kodak', 'results': {k: v.tolist() for k, v in curves.items()},
+        'per_image': [{'file': f'{i}.png', 'bpp': bpp[i].tolist(), 'psnr': img_psnr[i].tolist(),
+                       'mse': mse[i].tolist()} for i in range(len(bpp))]}))
+    return str(path)
+
+
+def test_a_result_of_the_same_images_is_resampled_with_the_test():
+    # The plain curve and a uniformly better one (8% fewer bits on every image): the images differ a lot, the
+    # difference does not. Paired, the interval of the BD-rate is the difference's (a point); unpaired, the
+    # spread of the images.
+    bpp, img_psnr, mse = synthetic_images()
+    plain = dataset_curves(bpp, img_psnr, mse)
+    paired = bootstrap(0.92 * bpp, img_psnr, mse, paired={'plain': (bpp, img_psnr, mse)}, resamples=300)
+    unpaired = bootstrap(0.92 * bpp, img_psnr, mse, anchors={'plain': plain}, resamples=300)
+    assert paired['bd_rate']['plain']['psnr'] == pytest.approx([-8, -8], abs=1e-6)
+    low, high = unpaired['bd_rate']['plain']['psnr']
+    assert high - low > 5 and paired['paired'] == ['plain'] and 'paired' not in unpaired
+    with pytest.raises(ValueError, match='same 24 images'):
+        bootstrap(bpp, img_psnr, mse, paired={'plain': (bpp[:5], img_psnr[:5], mse[:5])})
+
+
+def test_cli_pairs_a_result_with_a_result_anchor_of_the_same_images(tmp_path, capsys):
+    bpp, img_psnr, mse = synthetic_images()
+    plain = result_file(tmp_path / 'plain.json', 'plain', bpp, img_psnr, mse)
+    better = result_file(tmp_path / 'refined.json', 'refined', 0.92 * bpp, img_psnr, mse)
+    assert main([better, '--anchor', plain]) == 0
+    out = capsys.readouterr().out
+    assert '| -8.00 [-8.00, -8.00] |' in out and 'paired: plain.json resampled with the same images' in out
+    other = result_file(tmp_path / 'other.json', 'other', bpp[:20], img_psnr[:20], mse[:20])  # other images
+    assert main([better, '--anchor', other]) == 0
+    assert 'paired' not in capsys.readouterr().out

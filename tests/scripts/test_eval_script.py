@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lvae
+from lvae.bdrate.__main__ import main as bdrate_main
 from lvae.checkpoint import save_checkpoint, sha256_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,7 +45,8 @@ def test_script_writes_json_png_and_bd_table(kodak3, tmp_path):
     assert '| cubic (paper) |' in run.stdout and (tmp_path / 'res' / 'tiny.png').stat().st_size > 10_000
     data = json.loads(out.read_text())
     assert data['name'] == 'rd_model_tiny' and data['test-set'] == 'kodak' and data['model'] == 'rd_model_tiny'
-    assert len(data['lambdas']) == 4 and data['lambdas'][0] == pytest.approx(4) and data['lambdas'][-1] == pytest.approx(2048)
+    assert len(data['lambdas']) == 4
+    assert data['lambdas'][0] == pytest.approx(4) and data['lambdas'][-1] == pytest.approx(2048)
     assert set(data['results']) == {'bpp', 'psnr', 'psnr-rgb', 'psnr_of_mean_mse', 'bpp_std', 'psnr_std'}
     assert data['results']['psnr-rgb'] == data['results']['psnr'] and len(data['results']['bpp']) == 4
     assert [p['file'] for p in data['per_image']] == ['kodim01.png', 'kodim07.png', 'kodim23.png']
@@ -184,3 +186,33 @@ def test_non_finite_weights_write_nothing(script, one_image, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: the model's weights hold non-finite values in 1 of" in err and '(bias)' in err
     assert json.loads(out.read_text()) == {'earlier': True} and not (tmp_path / 'r.png').exists()
+
+
+def test_the_optimal_channel_evaluates_like_a_model_and_lands_on_the_truth(script, tmp_path, capsys):
+    """`--model gaussian-64-optimal --dataset_name gaussian-64`: no weights needed, every point on the true R(D),
+    BD-rate against it within 1% (its interval too)."""
+    out = tmp_path / 'o.json'
+    assert script.main(['--model', 'gaussian-64-optimal', '--dataset_name', 'gaussian-64', '--output', str(out),
+                        '--device', 'cpu', '--no-progress']) == 0
+    printed = capsys.readouterr()
+    assert 'warning' not in printed.err and 'every point lies on the truth' in printed.out
+    bd = json.loads(out.read_text())['bd_rate']['true-rd']['psnr_of_mean_mse']
+    assert abs(bd['value']) < 1 and -1 < bd['interval'][0] < bd['interval'][1] < 1
+
+
+def test_refine_flag_records_the_refinement_and_bdrate_compares_it_with_the_plain_result(script, one_image,
+                                                                                          tmp_path, capsys):
+    common = ['--model', 'rd_model_small', '--dataset_name', one_image, '--steps', '4', '--device', 'cpu',
+              '--no-progress']
+    assert script.main(common + ['--output', str(tmp_path / 'plain.json')]) == 0
+    assert script.main(common + ['--output', str(tmp_path / 'refined.json'), '--refine', '3', '--refine-lr',
+                                 '0.02']) == 0
+    refined = json.loads((tmp_path / 'refined.json').read_text())
+    assert refined['refine']['steps'] == 3 and refined['refine']['lr'] == 0.02
+    assert json.loads((tmp_path / 'plain.json').read_text())['refine'] is None
+    capsys.readouterr()
+    assert bdrate_main([str(tmp_path / 'refined.json'), '--anchor', str(tmp_path / 'plain.json')]) == 0
+    out = capsys.readouterr().out
+    assert 'w.r.t. rd_model_small' in out and 'paired: plain.json resampled with the same images' in out
+    assert script.main(common + ['--refine', '-1']) == 2
+    assert 'refinement needs steps >= 0' in capsys.readouterr().err

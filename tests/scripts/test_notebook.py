@@ -6,7 +6,8 @@ import pytest
 nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
 
-NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'examples', 'quickstart.ipynb')
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NOTEBOOK = os.path.join(REPO, 'examples', 'quickstart.ipynb')
 
 
 def test_quickstart_notebook_runs(shared_dir, monkeypatch, tmp_path):

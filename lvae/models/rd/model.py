@@ -232,7 +232,19 @@ class VariableRateLossyVAE(nn.Module):
         return x_hat.clamp(-1, 1).mul(0.5).add(0.5)
 
     # ---------------------------------------------------------------- forward
-    def _decode(self, emb, bhw, enc_features=None, latents=None, t=1.0, get_latents=False, noise=None):
+    def encode(self, im, lmb):
+        """The bottom-up pass: ``(emb, enc_features, bhw)`` for :meth:`decode`: the lambda embedding (B, E), the
+        encoder's last feature at each height, and the (B, h, w) grid at 1/64 resolution."""
+        self.check_image(im)
+        lmb = self._check_lmb(lmb, im.shape[0])
+        emb = self.lmb_embed(lmb)
+        enc_features = self.encoder(self.preprocess_input(im), emb)
+        return emb, enc_features, (im.shape[0], im.shape[2] // MAX_STRIDE, im.shape[3] // MAX_STRIDE)
+
+    def decode(self, emb, bhw, enc_features=None, latents=None, t=1.0, get_latents=False, noise=None):
+        """The top-down pass: ``(x_hat, stats)`` as :meth:`forward_end2end` returns them. With ``enc_features``
+        (from :meth:`encode`) each latent is drawn from its posterior; without, from its prior at temperature ``t``,
+        or taken from ``latents``."""
         nB, nH, nW = bhw
         feature = self.bias.expand(nB, -1, nH, nW).contiguous()  # a tensor of its own, not a view of the parameter
         stats_all = []
@@ -255,12 +267,8 @@ class VariableRateLossyVAE(nn.Module):
         ``noise(like)``, when given, supplies the posterior's standard normal draws (one call per latent,
         top-down) instead of :func:`standard_normal`: evaluation uses it to make draws independent of batching.
         """
-        self.check_image(im)
-        lmb = self._check_lmb(lmb, im.shape[0])
-        emb = self.lmb_embed(lmb)
-        enc_features = self.encoder(self.preprocess_input(im), emb)
-        bhw = (im.shape[0], im.shape[2] // MAX_STRIDE, im.shape[3] // MAX_STRIDE)
-        return self._decode(emb, bhw, enc_features=enc_features, get_latents=get_latents, noise=noise)
+        emb, enc_features, bhw = self.encode(im, lmb)
+        return self.decode(emb, bhw, enc_features=enc_features, get_latents=get_latents, noise=noise)
 
     @staticmethod
     def kl_per_image(stats_all):
@@ -290,7 +298,7 @@ class VariableRateLossyVAE(nn.Module):
         if len(latents) > self.num_latents:
             raise ValueError(f'got {len(latents)} latents, the model has {self.num_latents}')
         latents = list(latents) + [None] * (self.num_latents - len(latents))
-        x_hat, _ = self._decode(self.lmb_embed(lmb), bhw_repeat, latents=latents, t=t)
+        x_hat, _ = self.decode(self.lmb_embed(lmb), bhw_repeat, latents=latents, t=t)
         return self.process_output(x_hat)
 
     @torch.no_grad()

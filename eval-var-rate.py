@@ -103,12 +103,22 @@ def load(args, overrides):
     return loaded
 
 
+def checked_outputs(out):
+    """The result JSON ``out`` and its plot beside it, each checked writable (before the work, not after it)."""
+    png = os.path.splitext(out)[0] + '.png'
+    for path in (out, png):
+        check_writable(path)
+    return out, png
+
+
 def main(argv=None):
     args = get_args(argv)
     try:
         if args.steps < 1 or args.samples < 1:
             raise ValueError(f'--steps and --samples must be >= 1, got {args.steps} and {args.samples}')
         refinement = Refinement(args.refine, args.refine_lr) if args.refine else None
+        if args.output:
+            checked_outputs(args.output)  # at once, before the model and the images are read
         loaded = load(args, parse_model_args(args.model_args))
         test = as_test_set(args.dataset_name, progress=not args.no_progress)  # every file decoded, once
         if args.anchor:
@@ -116,10 +126,7 @@ def main(argv=None):
         if test.skipped and not args.skip_invalid:
             raise InvalidImagesError(test.skipped)
         name = args.name or loaded.name
-        out = args.output or os.path.join('runs', 'eval', f'{name}-{test.name}.json')
-        png = os.path.splitext(out)[0] + '.png'
-        for path in (out, png):
-            check_writable(path)  # before the work, not after it
+        out, png = checked_outputs(args.output or os.path.join('runs', 'eval', f'{name}-{test.name}.json'))
         lambdas = lambda_grid(args.lmb_range or loaded.model.config.lmb_range, args.steps)
         device = torch.device(args.device) if args.device else default_device()
         if args.device is None and device.type == 'cpu':

@@ -1,5 +1,6 @@
-"""Importing lvae changes nothing global (the matplotlib backend, logger levels and the RNG states stay); every import
-path the README, the docs and the notebook show works; every ``python -m lvae.*`` command answers ``--help``."""
+"""Importing lvae changes nothing global (the matplotlib backend, logger levels and the RNG states stay, pyplot is not
+imported); every import path the README, the docs and the notebook show works; every ``python -m lvae.*`` command
+answers ``--help``."""
 import importlib
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 CHECK = r'''
-import logging, random
+import logging, random, sys
 import matplotlib, numpy, torch
 matplotlib.use('svg')
 torch.manual_seed(3); numpy.random.seed(3); random.seed(3)
@@ -18,6 +19,7 @@ import lvae.evaluation.report, lvae.models, lvae.sources, lvae.training, lvae.tr
 after = (matplotlib.get_backend(), {n: logging.getLogger(n).level for n in before[1]}, logging.root.level,
          torch.get_rng_state(), numpy.random.get_state()[1], random.getstate())
 assert before[0] == after[0], (before[0], after[0])
+assert 'matplotlib.pyplot' not in sys.modules  # nothing imports pyplot behind the user's back
 assert before[1] == after[1] and before[2] == after[2]
 assert torch.equal(before[3], after[3]) and (before[4] == after[4]).all() and before[5] == after[5]
 print('unchanged')

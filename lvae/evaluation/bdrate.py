@@ -6,7 +6,6 @@ come from the ``bjontegaard`` package. Rates in any unit (bpp), PSNR in dB.
 """
 import warnings
 
-import bjontegaard
 import numpy as np
 
 METHODS = ('cubic', 'pchip')
@@ -24,20 +23,24 @@ def _curve(bpp, psnr, what):
     return bpp[order], psnr[order]
 
 
-def _bd(fn, anchor_bpp, anchor_psnr, test_bpp, test_psnr, method):
+def _bd(name, anchor_bpp, anchor_psnr, test_bpp, test_psnr, method):
+    """``bjontegaard.<name>`` of the two curves. The package is imported here, at the first BD figure: it imports
+    matplotlib.pyplot and takes over a second, which ``import lvae`` should not cost."""
+    import bjontegaard
     if method not in METHODS:
         raise ValueError(f'method must be one of {METHODS}, got {method!r}')
     ra, da = _curve(anchor_bpp, anchor_psnr, 'anchor')
     rt, dt = _curve(test_bpp, test_psnr, 'test')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # partial overlap is reported by overlap(), not as a warning
-        return float(fn(ra, da, rt, dt, method=method, require_matching_points=False, min_overlap=0))
+        return float(getattr(bjontegaard, name)(ra, da, rt, dt, method=method, require_matching_points=False,
+                                                min_overlap=0))
 
 
 def bd_rate(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method='cubic'):
     """Average bit-rate difference of the test curve w.r.t. the anchor at equal PSNR, in percent
     (negative: the test curve needs fewer bits). NaN when the PSNR ranges do not overlap."""
-    return _bd(bjontegaard.bd_rate, anchor_bpp, anchor_psnr, test_bpp, test_psnr, method)
+    return _bd('bd_rate', anchor_bpp, anchor_psnr, test_bpp, test_psnr, method)
 
 
 def bd_psnr(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method='cubic'):
@@ -45,7 +48,7 @@ def bd_psnr(anchor_bpp, anchor_psnr, test_bpp, test_psnr, method='cubic'):
     bit-rate ranges do not overlap (an extrapolated number would mean nothing)."""
     if overlap(anchor_bpp, test_bpp) == 0:
         return float('nan')
-    return _bd(bjontegaard.bd_psnr, anchor_bpp, anchor_psnr, test_bpp, test_psnr, method)
+    return _bd('bd_psnr', anchor_bpp, anchor_psnr, test_bpp, test_psnr, method)
 
 
 def overlap(anchor_psnr, test_psnr):

@@ -85,3 +85,22 @@ def test_a_model_without_posteriors_has_nothing_to_refine(images):
     channel = lvae.get_model('gaussian-64-optimal')
     with pytest.raises(ValueError, match='has no posterior to refine'):
         evaluate_bound(channel, images[:1], lambdas=LAMBDAS[:1], device='cpu', progress=False, refine=2)
+
+
+def test_the_bound_is_drawn_with_the_evaluations_seeds_never_the_optimisations(monkeypatch, model, images):
+    """The refined point is an unbiased estimate only from draws the optimisation did not see: the bound's seeds
+    are the plain evaluation's, the refinement's are others; a refinement that moves nothing gives the plain point."""
+    from lvae.evaluation import bound
+    calls, real = [], bound.bound_of_image
+
+    def spy(model, im, lambdas, seeds, **kw):
+        calls.append((list(seeds), list(kw['refine_seeds'])))
+        return real(model, im, lambdas, seeds, **kw)
+    monkeypatch.setattr(bound, 'bound_of_image', spy)
+    plain = evaluate_bound(model, images[:2], lambdas=LAMBDAS[:2], device='cpu', progress=False)
+    still = evaluate_bound(model, images[:2], lambdas=LAMBDAS[:2], device='cpu', progress=False,
+                           refine=Refinement(2, lr=1e-9))
+    assert calls[2][0] == calls[0][0] and calls[3][0] == calls[1][0]   # per image, the plain evaluation's seeds
+    assert not {s for c in calls[2:] for s in c[0]} & {s for c in calls[2:] for s in c[1]}
+    assert still['bpp'] == pytest.approx(plain['bpp'], rel=1e-5)
+    assert still['psnr'] == pytest.approx(plain['psnr'], abs=1e-4)

@@ -85,10 +85,20 @@ def bd_rates():
     return out
 
 
+def truth_by_band(source, mse):
+    """The true R(D) at ``mse`` (bits per pixel) split by spatial frequency into the bands the decoder stages'
+    grids can hold on a 64x64 image: ``max(|kx|, |ky|)`` at most 0, 1, 2, 4 and 8 cycles per image, and above 8."""
+    import numpy as np
+    k = np.abs(np.fft.fftfreq(source.size) * source.size)
+    band = np.searchsorted([0, 1, 2, 4, 8], np.maximum(k[:, None], k[None, :]))   # 0 ... 5
+    bits = np.maximum(0, 0.5 * np.log2(source.spectra() / source.water_level(mse)))  # per component
+    return [float(bits[:, band == j].sum()) / source.size ** 2 for j in range(6)]
+
+
 def rate_by_stage():
     """Where the rate goes: per study model, lambda and decoder stage (1/64 ... 1/4 resolution), the KL in bits per
     pixel of the plain and the refined posteriors, on 20 held-out images (one draw each, refinement as in the
-    study), beside the true R(D) at the point's MSE."""
+    study), beside the true R(D) at the point's MSE, whole and by frequency band (:func:`truth_by_band`)."""
     import torch
     from lvae.evaluation.bound import noise_from
     from lvae.evaluation.refine import Refinement, posterior_offsets, refine_posteriors
@@ -113,7 +123,8 @@ def rate_by_stage():
                 bits = [float(s['kl'].sum()) / math.log(2) / len(images) / 64 ** 2 for s in stats]
                 mse = float(model.process_output(x_hat).sub(images).square().mean())
                 row[kind] = {'bpp_by_stage': [sum(b for b, s in zip(bits, stages) if s == j) for j in range(5)],
-                             'mse': mse, 'true_bpp': source.rate_bpp(mse)}
+                             'mse': mse, 'true_bpp': source.rate_bpp(mse),
+                             'true_bpp_by_band': truth_by_band(source, mse)}
             out.setdefault(label, {})[str(lmb)] = row
     return out
 

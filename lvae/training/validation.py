@@ -2,7 +2,7 @@
 set's anchor curve, best.pt, the R-D plot and ``validations.jsonl`` (rank 0).
 
 ``validations.jsonl`` is the record of the run's validations, a line each, written last: a validation stopped
-midway leaves no line and is redone when the run continues. Each line names its validation set (:func:`set_id`):
+midway leaves no line and is run again when the run continues. Each line names its validation set (:func:`set_id`):
 best.pt is chosen among the validations of one set only, never by comparing figures of different sets.
 """
 import hashlib

@@ -16,37 +16,20 @@ last.pt and exits with 128 + the signal; --max_bad_steps non-finite updates in a
 import argparse
 import copy
 import os
-import secrets
-import signal
 import sys
 
-from tqdm import tqdm
-
-import lvae
-from lvae import accel
 from lvae.cli import FlagParser
-from lvae.data import parse_transform
-from lvae.evaluation import as_test_set
-from lvae.models import model_from_checkpoint, parse_model_args, registered_config
-from lvae.training import Recipe, Trainer
-from lvae.training.data import endless_batches, training_set
 from lvae.training.distributed import Processes
-from lvae.training.logs import Progress, RunLog, check_wandb_login, describe
-from lvae.training.runs import (RunClaim, RunState, UsageError, check_last_pt, continue_run, continued_run, load_run,
-                                prepare_run_folder, repair_last_ema, resume_flags, save_checkpoints, seed_everything,
-                                write_args)
-from lvae.training.signals import StopRequested, StopSignals
-from lvae.training.validation import run_validation
+from lvae.training.recipe import INITS, KL_WARMUP_SCOPES
+from lvae.training.run import EXIT_BAD_STEPS, EXIT_IO, TrainingRun  # noqa: F401  (the exit statuses it returns)
+from lvae.training.runs import check_last_pt, continued_run, load_run, resume_flags
+from lvae.training.settings import RunSettings
 
-EXIT_BAD_STEPS = 3  # exit status after --max_bad_steps non-finite losses in a row
-EXIT_IO = 74        # a checkpoint or run file could not be written (sysexits' EX_IOERR)
-ELASTIC_WAIT = 60   # seconds a restarted torchrun worker waits for the dead worker group's hold on the run folder
 # Flags that define a run: on --resume they come from its last.pt, and another value given is an error. Every
 # other flag may change on --resume (--iterations to extend a run, --lr after a failure, --valset, ...): the
 # change is printed and recorded in the run's checkpoints (flag_changes).
 RUN_DEFINING = ('model', 'model_args', 'weights', 'trainset', 'transform', 'batch_size', 'accum_num', 'ema',
                 'fixseed', 'seed', 'wbproject', 'name')
-VALIDATION_FLAGS = {'valset', 'val_steps', 'val_images'}
 
 
 # ------------------------------------------------------------------------------------------------ flags
@@ -83,6 +66,12 @@ def get_parser():
     g.add_argument('--ema_warmup', type=int, default=10_000, help='EMA decay ema_decay * (1 - exp(-t / '
                    'ema_warmup)) at iteration t (0: iterations // 20)')
     g.add_argument('--amp', choices=('none', 'bf16'), default='none', help='autocast precision')
+    g.add_argument('--kl_warmup', type=int, default=0, help='weigh the rate by min(1, (t + 1) / N) in the loss of '
+                   'update t (0: off, the paper\'s objective throughout)')
+    g.add_argument('--kl_warmup_scope', choices=KL_WARMUP_SCOPES, default='all', help="whose KL the warm-up "
+                   "weighs: every latent's, or 'coarse': all but the finest stage's (those pay in full throughout)")
+    g.add_argument('--init', choices=INITS, default='default', help="a new model's initialisation: 'unit-gain' "
+                   "keeps the signal's variance across the stages (lvae.training.init)")
     g.add_argument('--compile', action='store_true', help='torch.compile the ConvNeXt blocks')
     g.add_argument('--fixseed', action='store_true', help='seed everything (rank r uses seed + r)')
     g.add_argument('--seed', type=int, default=0, help='base seed with --fixseed')
@@ -113,181 +102,43 @@ def explicit_flags(parser, argv):
 
 
 def check_args(args):
-    """Check the flags (ValueError naming the flag) and parse the structured ones; returns ``args``."""
-    for name in ('batch_size', 'eval_interval', 'log_interval', 'val_steps', 'max_bad_steps'):
-        if getattr(args, name) < 1:
-            raise UsageError(f'--{name} must be >= 1, got {getattr(args, name)}')
-    for name in ('workers', 'val_images', 'save_interval'):
-        if getattr(args, name) < 0:
-            raise UsageError(f'--{name} must be >= 0, got {getattr(args, name)}')
-    if args.model not in lvae.list_models():
-        raise UsageError(f'unknown model {args.model!r}; known: {", ".join(lvae.list_models())}')
-    Recipe.from_flags(args)
-    args.transform_kw, args.model_kw = parse_transform(args.transform), parse_model_args(args.model_args)
-    return args
+    """The typed settings of parsed flags: a ValueError (UsageError) naming a bad flag."""
+    return RunSettings.from_flags(vars(args))
 
 
-def resolve_flags(parser, argv, procs):
-    """Before the rendezvous, on every rank: the checked flags (a continued run's saved ones, with the changes given
-    now: see :data:`RUN_DEFINING`), the continued run's folder and last.pt (None, None for a new run; None for the
-    checkpoint of a restarted run that died before its first one), and the flags changed."""
-    args = check_args(parser.parse_args(argv))
-    folder = continued_run(args, procs, os.path.join(args.runs_root, args.wbproject))
+def resolve(parser, argv, procs):
+    """Before the rendezvous, on every rank: the run's settings (a continued run's saved flags, with the changes
+    given now: see :data:`RUN_DEFINING`) and ``(folder, last.pt, changes)`` of the run it continues (None, None, {}
+    for a new run; a None last.pt for a restarted run that died before its first checkpoint)."""
+    args = parser.parse_args(argv)
+    settings = check_args(args)
+    folder = continued_run(args.resume, args.name, procs, os.path.join(args.runs_root, args.wbproject))
     ckpt = load_run(folder) if folder and os.path.exists(os.path.join(folder, 'last.pt')) else None
     changes = {}
     if ckpt:
         check_last_pt(folder, ckpt)
         flags, changes = resume_flags(ckpt['args'], explicit_flags(parser, argv), vars(parser.parse_args([])),
                                       RUN_DEFINING)
-        args = check_args(argparse.Namespace(**{**flags, 'resume': folder}))
-    return args, folder, ckpt, changes
-
-
-def claim_folder(args, folder, ckpt, procs):
-    """Rank 0 claims the run's folder (lvae.training.runs.RunClaim): a new one, or the one it continues (a restarted
-    torchrun worker waits for the dead group's hold to go). Returns ``(claim, folder)``: the claim on rank 0
-    (None elsewhere), the folder on every rank."""
-    def claim():
-        if folder:
-            identity = {'model': args.model, 'config': ckpt['config'] if ckpt else
-                        registered_config(args.model, args.model_kw), 'created': None}
-            return RunClaim.existing(folder, identity, wait=ELASTIC_WAIT if procs.restarts else 0)
-        return RunClaim.new(os.path.join(args.runs_root, args.wbproject), args.name, args.model,
-                            registered_config(args.model, args.model_kw), procs.run_id)
-    held = procs.on_master(claim)
-    return held, procs.broadcast(held.folder if held else None)
+        settings = RunSettings.from_flags({**flags, 'resume': folder})
+    return settings, (folder, ckpt, changes)
 
 
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parser, procs = get_parser(), Processes.from_env()
+    procs = Processes.from_env()
     try:
-        args, folder, ckpt, changes = resolve_flags(parser, argv, procs)  # a bad flag stops every rank at once
-    except (ValueError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    device = procs.init(args.device)
-    claim = None
-    try:
-        procs.from_master(lambda: check_wandb_login(args))
-        trainset = training_set(args.trainset, **args.transform_kw)
-        if max(1, len(trainset) // procs.world) < args.batch_size:
-            raise UsageError(f'{len(trainset)} training images cannot fill one batch of {args.batch_size} per '
-                             f'process on {procs.world} process(es)')
-        valset = procs.on_master(lambda: as_test_set(args.valset, progress=False))  # decoded once, on rank 0
-        claim, folder = claim_folder(args, folder, ckpt, procs)  # last: a bad flag leaves no folder behind
-        args.name = os.path.basename(os.path.normpath(folder))
-    except (ValueError, FileNotFoundError) as e:
+        settings, resumed = resolve(get_parser(), argv, procs)  # a bad flag stops every rank at once
+        run = TrainingRun.start(settings, procs, resumed)       # checks, data, model, then the folder's claim
+    except (ValueError, FileNotFoundError) as e:                # UsageError, bad data or weights: nothing claimed
         if procs.master:
             print(f'error: {e}', file=sys.stderr)
-        if claim:
-            claim.release()
-        procs.close()
         return 2
-    if args.fixseed:
-        seed_everything(args.seed + procs.rank)
-    if ckpt:
-        model, _ = model_from_checkpoint(ckpt)
-    else:
-        model = lvae.get_model(args.model, pretrained=args.weights or False, **args.model_kw)
-    trainer = Trainer(accel.prepare(model, device, compile=args.compile).train(), Recipe.from_flags(args))
-    run = continue_run(ckpt, trainer, procs, device, args.seed, changes) if ckpt else RunState()
-    batches = endless_batches(trainset, args.batch_size, procs.rank, procs.world, args.seed, args.workers,
-                              pin_memory=device.type == 'cuda', epoch=run.epoch)
-    log = None
-    try:
-        if procs.master:
-            prepare_run_folder(folder, procs.run_id)
-            if ckpt:
-                repair_last_ema(folder, ckpt)
-            run.wandb_id = run.wandb_id or secrets.token_hex(4)  # fixed before wandb starts: a resumed run keeps it
-            write_args(folder, args)
-            legacy_best = ckpt.get('best_key') if ckpt and not VALIDATION_FLAGS & changes.keys() else None
-            log = RunLog(args, folder, valset, run.wandb_id, legacy_best)
-            print(describe(args, trainer, procs, device, trainset, folder, ckpt is not None, changes), flush=True)
-    except OSError as e:
-        print(f'error: cannot write to the run folder {folder}: {e}', file=sys.stderr)
-        batches.close()
-        claim.release()
-        procs.close()
-        return EXIT_IO
-    progress = Progress(args, trainer, procs, log.wb if log else None)
-    status, saved = None, trainer.iter if ckpt else None
-    try:
-        with StopSignals() as stop:  # from here on a stop ends the run cleanly, during the first validation too
-
-            def checkpoint(name='last.pt'):
-                with stop.shielded():
-                    save_checkpoints(folder, args, trainer, run, procs, device, name=name)
-
-            def validate_if_due():
-                """Rank 0 validates an iteration due for it, unless done (a stop abandons it at once: it is redone on
-                resume); every rank waits."""
-                it = trainer.iter
-                if procs.master and (it == 0 or it % args.eval_interval == 0 or it == args.iterations) \
-                        and not log.record.done(it):
-                    try:
-                        run_validation(folder, args, trainer, run, log, device, stop)
-                    except StopRequested:
-                        tqdm.write(f'validation of iteration {it} abandoned: it is redone on --resume')
-                procs.barrier()
-
-            if saved is None:
-                checkpoint()  # last.pt of iteration 0: a stop during the first validation leaves a run to resume
-                saved = trainer.iter
-            validate_if_due()
-            while trainer.iter < args.iterations and not procs.any(stop.requested):
-                micro = []
-                for _ in range(args.accum_num):
-                    run.epoch, (im, skipped) = next(batches)
-                    run.skipped_images += skipped.sum()
-                    micro.append(im)
-                out = trainer.step(micro)
-                progress.step(trainer, run, out, sum(len(im) for im in micro), device)
-                if progress.log_due(trainer.iter) and int(trainer.counters['longest_bad_run']) >= args.max_bad_steps:
-                    checkpoint('failed.pt')
-                    if procs.master:
-                        print(f'\nerror: {args.max_bad_steps} non-finite losses in a row by iteration {trainer.iter} '
-                              f'(lr {float(out["lr"]):.3g}); stopping. The failing state is in '
-                              f'{os.path.join(folder, "failed.pt")}; last.pt holds the last checkpoint. Try a lower '
-                              f'--lr, --grad_clip or --amp none.', file=sys.stderr)
-                    status = EXIT_BAD_STEPS
-                    break
-                if trainer.iter % args.eval_interval == 0 or trainer.iter == args.iterations or (
-                        args.save_interval and trainer.iter % args.save_interval == 0):
-                    checkpoint()  # last.pt first, then the validation: a failure there leaves this iteration's
-                    saved = trainer.iter
-                    validate_if_due()
-            if status is None and procs.any(stop.requested):
-                if saved != trainer.iter:
-                    checkpoint()
-                signum = stop.signum or signal.SIGTERM
-                if procs.master:
-                    print(f'\nstopped by {signal.Signals(signum).name} at iteration {trainer.iter}: last.pt holds it; '
-                          f'continue with --resume {folder}', file=sys.stderr)
-                status = 128 + signum
-    except KeyboardInterrupt:  # a second Ctrl-C
-        if procs.master:
-            print(f'\ninterrupted at iteration {trainer.iter}; resume from the last checkpoint with --resume '
-                  f'{folder}', file=sys.stderr)
-        status = 130
-    except OSError as e:  # a full disk, an unwritable run folder: the previous last.pt is intact
-        if procs.master:
-            then = (f'last.pt holds iteration {saved}: free some space (or fix the folder), then continue with '
-                    f'--resume {folder}') if saved is not None else \
-                f'no checkpoint was written: free some space, remove {folder} and start again'
-            print(f'\nerror: {e}; {then}', file=sys.stderr)
-        status = EXIT_IO
-    finally:
-        batches.close()  # the loader's workers leave signals to us (lvae.training.data.endless_batches): end them here
-        if claim:
-            claim.release()
-    progress.close(trainer, run, status is None, folder)
-    if log:
-        log.wb.finish()
-    procs.close()
-    return status or 0
+    with run:  # a stop, a second Ctrl-C or a full disk end the run here, each with its message and status
+        run.begin()           # last.pt of iteration 0, the first validation
+        while run.running():
+            run.update()      # one update; its checkpoint and validation when due
+    return run.status
 
 
 if __name__ == '__main__':

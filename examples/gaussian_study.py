@@ -1,15 +1,19 @@
-"""The bound against the truth: models of three sizes trained on the Gaussian source ``gaussian-64`` (whose R(D)
-is known exactly) on a CPU, each evaluated on the source's held-out sample plain and with its posteriors refined,
-beside the source's optimal channel (the calibration) and the shipped ``rd_model_small`` (trained on photographs).
+"""The bound against the truth: models trained on the Gaussian source ``gaussian-64`` (whose R(D) is known exactly)
+on a CPU, each evaluated on the source's held-out sample plain and with its posteriors refined, beside the source's
+optimal channel (the calibration) and the shipped ``rd_model_small`` (trained on photographs).
 
     python examples/gaussian_study.py                # trains, evaluates, measures, plots; skips what is already there
-    python examples/gaussian_study.py --plot-only    # redraw results/gaussian-64-study.png
+    python examples/gaussian_study.py --ablations    # also the recipe options at equal budget (3,000 updates each)
+    python examples/gaussian_study.py --plot-only    # redraw the plots
 
-The EMA weights of each trained model are kept in ``results/gaussian-64-study/<model>.pt`` (the small two are in the
-repository; c24's, 21 MB, is rebuilt bit for bit by training again: the runs are seeded, ``--fixseed``, one loader
-worker). Writes ``results/<model>-gaussian-64[-refined].json`` (eval-var-rate.py's results, against the true R(D)),
-``results/gaussian-64-study.json`` (each run's settings, training time and validations; the BD-rates plain and
-refined; where the rate goes, per decoder stage) and ``results/gaussian-64-study.png``.
+Two rounds: the first study (three sizes at the learning rate 5e-4, 2,000-3,000 updates, refined by 50 steps), and
+the tightness study (the learning rate 2e-3 that the equal-budget comparisons chose, longer runs of two sizes,
+refined to convergence with ``refine='auto'``). The EMA weights of each trained model are kept in
+``results/gaussian-64-study/<label>.pt`` (c24's, 21 MB, is rebuilt bit for bit by training again: the runs are
+seeded, ``--fixseed``, one loader worker). Writes ``results/<label>-gaussian-64[-refined].json`` (eval-var-rate.py's
+results, against the true R(D)), ``results/gaussian-64-study.json`` (each run's settings, training time and
+validations; the BD-rates plain and refined; where the rate goes, per decoder stage; the scaling fit) and
+``results/gaussian-64-study.png``, ``results/gaussian-64-scaling.png``.
 """
 import contextlib
 import json
@@ -22,20 +26,36 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = 'gaussian-64'
 WEIGHTS = os.path.join(REPO, 'results', 'gaussian-64-study')
-REFINE_STEPS = 50  # Adam steps of posterior refinement per image and lambda (eval-var-rate.py --refine)
-# (label, zoo model, --model_args, updates): the CPU budget of each run (batch 8 of fresh 64x64 draws)
+REFINE_STEPS = 50  # the first study's refinement: Adam steps per image and lambda (eval-var-rate.py --refine)
+# (label, zoo model, --model_args, updates, flags beside TRAIN): the CPU budget of each run (batch 8 of fresh draws)
 MODELS = [
-    ('rd_model_tiny', 'rd_model_tiny', '', 3000),
-    ('rd_model_small', 'rd_model_small', '', 3000),
+    ('rd_model_tiny', 'rd_model_tiny', '', 3000, []),
+    ('rd_model_small', 'rd_model_small', '', 3000, []),
     ('c24', 'rd_model_small', 'enc_dims=[48,96,120,144,144], dec_dims=[144,144,120,96,48], dec_nums=[1,1,2,3,3], '
-                              'z_dims=[32,32,32,32,32]', 2000),
+                              'z_dims=[32,32,32,32,32]', 2000, []),
+]
+# The tightness study: the learning rate of the equal-budget comparisons, longer runs, refined to convergence.
+TIGHT = [
+    ('tiny-lr2e3', 'rd_model_tiny', '', 10000, ['--lr', '2e-3', '--eval_interval', '1000']),
+    ('small-lr2e3', 'rd_model_small', '', 4000, ['--lr', '2e-3', '--eval_interval', '1000']),
+]
+# Recipe options against the first study's rd_model_tiny run at its budget (3,000 updates, --lr 5e-4): --ablations.
+ABLATIONS = [
+    ('ab-klwarm', 'rd_model_tiny', '', 3000, ['--kl_warmup', '1000']),
+    ('ab-klcoarse', 'rd_model_tiny', '', 3000, ['--kl_warmup', '1000', '--kl_warmup_scope', 'coarse']),
+    ('ab-unitgain', 'rd_model_tiny', '', 3000, ['--init', 'unit-gain']),
+    ('ab-lr2e3', 'rd_model_tiny', '', 3000, ['--lr', '2e-3']),
 ]
 TRAIN = ['--trainset', SOURCE, '--valset', SOURCE, '--val_images', '20', '--val_steps', '8', '--batch_size', '8',
          '--eval_interval', '250', '--lr', '5e-4', '--lr_warmup', '100', '--ema_decay', '0.999', '--workers', '1',
-         '--device', 'cpu', '--fixseed']
+         '--device', 'cpu', '--fixseed']  # a later --lr or --eval_interval in a run's flags wins
 # What is evaluated: (label, eval-var-rate.py's model flags); the study's models, the shipped model, the channel
-CURVES = [(label, ['--weights', os.path.join(WEIGHTS, f'{label}.pt')]) for label, *_ in MODELS] + [
+CURVES = [(label, ['--weights', os.path.join(WEIGHTS, f'{label}.pt')]) for label, *_ in MODELS + TIGHT] + [
     ('shipped-rd_model_small', ['--model', 'rd_model_small'])]
+TIGHT_LABELS = {label for label, *_ in TIGHT}
+# Refined to convergence: the tiny model (about 40 minutes on 2 CPU cores at 8 lambdas); the small one would take
+# two to three times that, so its curve is the plain one.
+PLAIN_ONLY = {'small-lr2e3'}
 OPTIMAL = f'{SOURCE}-optimal'
 STAGE_LAMBDAS = (4.0, 64.0, 1024.0)  # where the rate per decoder stage is measured (20 held-out images)
 
@@ -45,32 +65,45 @@ def run(cmd):
     subprocess.run([sys.executable, *cmd], cwd=REPO, check=True)
 
 
+def refine_of(label):
+    """The refinement of a label's refined curve: to convergence for the tightness study, 50 steps for the first."""
+    return 'auto' if label in TIGHT_LABELS else str(REFINE_STEPS)
+
+
+def refine_flags(label):
+    """eval-var-rate.py's flags of a label's refined curve: the tightness study's at 8 lambdas (log-spaced over
+    lmb_range, as the 16 of the plain curve), which halves the hour that 16 would take on 2 CPU cores."""
+    return ['--refine', refine_of(label), *(['--steps', '8'] if label in TIGHT_LABELS else [])]
+
+
 def result_path(label, refined=False):
     return os.path.join(REPO, 'results', f'{label}-{SOURCE}{"-refined" if refined else ""}.json')
 
 
-def train(label, model, model_args, updates, study):
-    """Train a study model (unless its weights are kept), keep its EMA weights, record its run in ``study``."""
+def train(label, model, model_args, updates, flags, study, keep=True):
+    """Train a study model (unless its weights are kept), keep its EMA weights (when ``keep``), record its run in
+    ``study``."""
     weights = os.path.join(WEIGHTS, f'{label}.pt')
-    if os.path.exists(weights):
+    if os.path.exists(weights) or (not keep and label in study):
         return
     folder = os.path.join(REPO, 'runs', 'lvae', f'study-{label}')
     if not os.path.exists(os.path.join(folder, 'last_ema.pt')):
         t0 = time.time()
         run(['train-var-rate.py', '--model', model, '--model_args', model_args, '--iterations', str(updates),
-             '--name', f'study-{label}', *TRAIN])
+             '--name', f'study-{label}', *TRAIN, *flags])
         with open(os.path.join(folder, 'validations.jsonl')) as f:
-            study[label] = {'model': model, 'model_args': model_args, 'updates': updates, 'flags': TRAIN,
+            study[label] = {'model': model, 'model_args': model_args, 'updates': updates, 'flags': TRAIN + flags,
                             'training_seconds': round(time.time() - t0, 1),
                             'validations': [json.loads(line) for line in f]}
-    run(['-m', 'lvae.checkpoint', os.path.join(folder, 'last_ema.pt'), weights])
+    if keep:
+        run(['-m', 'lvae.checkpoint', os.path.join(folder, 'last_ema.pt'), weights])
 
 
 def evaluate(label, flags, refined):
     if not os.path.exists(result_path(label, refined)):
         run(['eval-var-rate.py', *flags, '--dataset_name', SOURCE, '--name', label + (', refined' if refined else ''),
              '--output', result_path(label, refined), '--device', 'cpu', '--no-progress',
-             *(['--refine', str(REFINE_STEPS)] if refined else [])])
+             *(refine_flags(label) if refined else [])])
 
 
 def bd_rates():
@@ -95,10 +128,10 @@ def truth_by_band(source, mse):
     return [float(bits[:, band == j].sum()) / source.size ** 2 for j in range(6)]
 
 
-def rate_by_stage():
-    """Where the rate goes: per study model, lambda and decoder stage (1/64 ... 1/4 resolution), the KL in bits per
-    pixel of the plain and the refined posteriors, on 20 held-out images (one draw each, refinement as in the
-    study), beside the true R(D) at the point's MSE, whole and by frequency band (:func:`truth_by_band`)."""
+def rate_by_stage(labels):
+    """Where the rate goes: per study model of ``labels``, lambda and decoder stage (1/64 ... 1/4 resolution), the KL
+    in bits per pixel of the plain and the refined posteriors, on 20 held-out images (one draw each, refinement as in
+    its curve), beside the true R(D) at the point's MSE, whole and by frequency band (:func:`truth_by_band`)."""
     import torch
     from lvae.evaluation.bound import noise_from
     from lvae.evaluation.refine import Refinement, posterior_offsets, refine_posteriors
@@ -107,13 +140,15 @@ def rate_by_stage():
     source = get_source(SOURCE)
     images = source.held_out()[:20]
     out = {}
-    for label, *_ in MODELS:
+    for label in labels:
         model = load_model(weights=os.path.join(WEIGHTS, f'{label}.pt')).model.eval()
+        refine = refine_of(label)
+        refinement = Refinement(refine if refine == 'auto' else int(refine))
         stages = [j for j, n in enumerate(model.config.dec_nums) for _ in range(n)]
         for lmb in STAGE_LAMBDAS:
             lmbs = torch.full((len(images),), lmb)
             gens = [torch.Generator().manual_seed(i) for i in range(len(images))]
-            offsets = refine_posteriors(model, images, images, lmbs, Refinement(REFINE_STEPS),
+            offsets = refine_posteriors(model, images, images, lmbs, refinement,
                                         noise_from([torch.Generator().manual_seed(10_000 + i)
                                                     for i in range(len(images))]))
             row = {}
@@ -140,7 +175,7 @@ def plot(out, study):
     FigureCanvasAgg(fig)
     rd, history = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     lo, hi = [], []
-    colours = dict(zip([label for label, _ in CURVES], ['C0', 'C1', 'C2', 'C3']))
+    colours = dict(zip([label for label, _ in CURVES], [f'C{i}' for i in range(10)]))
     for label, _ in CURVES + [(OPTIMAL, None)]:
         for refined in (False, True):
             path = result_path(label, refined)
@@ -180,11 +215,73 @@ def plot(out, study):
     print(f'wrote {out}')
 
 
+PAPER_IMAGES = 200_000 * 16  # the paper's budget: 200k updates of batch 16 (an extrapolation's target, not a run)
+
+
+def scaling(study):
+    """BD-rate against the truth versus images seen, per run of the tightness study: the validations (20 held-out
+    images, 8 lambdas, plain), a power law fitted to those from 1,000 updates on (log BD-rate linear in log images),
+    its extrapolation to the paper's budget, and the full evaluations at the end (100 images, 16 lambdas, plain and
+    refined to convergence)."""
+    import numpy as np
+    out = {}
+    bd = study.get('bd_rate_vs_truth', {})
+    for label, *_ in TIGHT:
+        entry = study['runs'].get(label)
+        if not entry:
+            continue
+        batch = int(entry['flags'][entry['flags'].index('--batch_size') + 1])
+        pts = [(v['iter'] * batch, v['val/bd_rate']) for v in entry['validations']
+               if v.get('val/bd_rate') is not None and v['iter'] >= 1000]
+        images, rate = (np.array(x, dtype=float) for x in zip(*pts))
+        slope, intercept = np.polyfit(np.log(images), np.log(rate), 1)
+        out[label] = {'images': images.tolist(), 'val_bd_rate': rate.tolist(), 'fit': {
+            'slope': float(slope), 'intercept': float(intercept),
+            'bd_rate_at_paper_budget': float(np.exp(intercept + slope * np.log(PAPER_IMAGES))),
+            'note': 'extrapolation: log BD-rate linear in log images seen, fitted from 1,000 updates on'},
+            'final': {'images': entry['updates'] * batch, **bd.get(label, {})}}
+    return out
+
+
+def plot_scaling(out, path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    import numpy as np
+
+    from lvae.evaluation.results import atomic_path
+    fig = Figure(figsize=(6.5, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, (label, entry) in enumerate(out.items()):
+        ax.plot(entry['images'], entry['val_bd_rate'], 'o', color=f'C{i}', label=f'{label}: validations')
+        x = np.geomspace(min(entry['images']), PAPER_IMAGES, 50)
+        fit = entry['fit']
+        ax.plot(x, np.exp(fit['intercept'] + fit['slope'] * np.log(x)), '--', color=f'C{i}',
+                label=f'{label}: fit, slope {fit["slope"]:.2f} (extrapolated)')
+        for kind, marker in (('plain', 's'), ('refined', '*')):
+            if kind in entry['final']:
+                ax.plot(entry['final']['images'], entry['final'][kind][0], marker, color=f'C{i}', markersize=9,
+                        label=f'{label}: {kind}, 100 images')
+    ax.axvline(PAPER_IMAGES, color='k', linewidth=0.8)
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('training images seen')
+    ax.set_ylabel('BD-rate vs the true R(D) (%)')
+    ax.set_title(f'{SOURCE}: the bound against the truth as training grows (line: the paper\'s budget)', fontsize=8)
+    ax.grid(True, alpha=0.4)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png')
+    print(f'wrote {path}')
+
+
 def main():
     sys.path.insert(0, REPO)
     from lvae.cli import FlagParser
     p = FlagParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--plot-only', action='store_true', help='only redraw the plot')
+    p.add_argument('--plot-only', action='store_true', help='only redraw the plots')
+    p.add_argument('--ablations', action='store_true', help='also train the recipe options at equal budget')
     args = p.parse_args()
     from lvae.evaluation.results import save_json
     path = os.path.join(REPO, 'results', f'{SOURCE}-study.json')
@@ -194,17 +291,21 @@ def main():
             study = json.load(f)
     runs = study.setdefault('runs', {})
     if not args.plot_only:
-        for entry in MODELS:
+        for entry in MODELS + TIGHT:
             train(*entry, runs)
+        for entry in ABLATIONS if args.ablations else []:
+            train(*entry, study.setdefault('ablations', {}), keep=False)
         evaluate(OPTIMAL, ['--model', OPTIMAL], refined=False)
         for label, flags in CURVES:
-            for refined in (False, True):
+            for refined in (False, True) if label not in PLAIN_ONLY else (False,):
                 evaluate(label, flags, refined)
         study.update({'source': SOURCE, 'refine_steps': REFINE_STEPS, 'bd_rate_vs_truth': bd_rates()})
-        if 'rate_by_stage' not in study:
-            study['rate_by_stage'] = rate_by_stage()
+        stages = study.setdefault('rate_by_stage', {})
+        stages.update(rate_by_stage([label for label, *_ in MODELS + TIGHT if label not in stages]))
+        study['scaling'] = scaling(study)
         save_json(path, study)
     plot(os.path.join(REPO, 'results', f'{SOURCE}-study.png'), runs)
+    plot_scaling(study.get('scaling', {}), os.path.join(REPO, 'results', f'{SOURCE}-scaling.png'))
 
 
 if __name__ == '__main__':

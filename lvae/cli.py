@@ -1,7 +1,37 @@
 """Command lines: :class:`FlagParser`, whose flags answer to both spellings, for the scripts and every
-``python -m lvae.*`` command."""
+``python -m lvae.*`` command; :func:`interruptible`, which turns Ctrl-C and SIGTERM into one exception that the
+command answers with one line and ``128 + signal``."""
 import argparse
+import contextlib
+import signal
 import sys
+
+
+class UsageError(ValueError):
+    """A bad flag value: reported as one line, exit status 2."""
+
+
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM arrived inside :func:`interruptible`. A BaseException, like KeyboardInterrupt, so
+    that no ``except Exception`` swallows it, and every ``finally`` on the way (temporary files) runs."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Inside the block SIGINT and SIGTERM raise :class:`Interrupted` (their handlers are restored after it)."""
+    def handle(signum, frame):
+        raise Interrupted(signum)
+    saved = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 class FlagParser(argparse.ArgumentParser):

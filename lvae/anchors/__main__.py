@@ -10,6 +10,16 @@ from lvae.evaluation.codecs import CODECS, DEFAULT_QUALITIES, anchor_curve, make
 from lvae.evaluation.results import dataset_record, save_json
 
 
+def parse_qualities(text):
+    """``--qualities '10,20,30'`` -> [10, 20, 30]; a ValueError naming the flag and the bad value."""
+    try:
+        return [int(q) for q in text.split(',') if q.strip()]
+    except ValueError:
+        bad = next(q for q in text.split(',') if q.strip() and not q.strip().lstrip('-').isdigit())
+        raise ValueError(f'--qualities takes comma-separated integers (e.g. 10,20,30), got {bad.strip()!r} in '
+                         f'{text!r}') from None
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     codec_args = argv[argv.index('--') + 1:] if '--' in argv else []
@@ -30,8 +40,7 @@ def main(argv=None):
         if not paths:
             raise ValueError(f'no usable images in {folder}')
         codec = make_codec(args.codec, codec_args)
-        qualities = ([int(q) for q in args.qualities.split(',') if q.strip()] if args.qualities
-                     else DEFAULT_QUALITIES.get(args.codec))
+        qualities = parse_qualities(args.qualities) if args.qualities else DEFAULT_QUALITIES.get(args.codec)
         if not qualities:
             raise ValueError(f'give --qualities for codec {args.codec!r}')
         test_set = dataset_name(args.folder) or os.path.basename(os.path.normpath(folder))

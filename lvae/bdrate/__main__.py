@@ -8,7 +8,7 @@ import sys
 
 from lvae.cli import FlagParser
 from lvae.evaluation.anchors import DEFAULT_ANCHOR, TRUE_RD, default_anchor, list_anchors, read_curve, \
-    resolve_anchor_curve
+    resolve_anchor_curve, same_images
 from lvae.evaluation.intervals import bootstrap
 from lvae.evaluation.report import comparison
 from lvae.sources import find_source
@@ -36,9 +36,12 @@ def main(argv=None):
             settings = {key: read['intervals'][key] for key in ('resamples', 'seed', 'level')
                         if read['intervals'] and key in read['intervals']}
             source = find_source(dataset) if anchor == TRUE_RD else None
-            same = read_curve(anchor) if os.path.isfile(anchor) else None
-            paired = {os.path.basename(anchor): same['per_image']} \
-                if same and same['per_image'] is not None and same['files'] == read['files'] else {}
+            other = read_curve(anchor) if os.path.isfile(anchor) else None
+            same, why_not = same_images(read, other) if other and other['per_image'] is not None else (False, '')
+            paired = {os.path.basename(anchor): other['per_image']} if same else {}
+            if why_not:
+                print(f'note: {args.result} and {anchor} hold figures of different images ({why_not}): the interval '
+                      f"is that of {read['name']} alone, against the anchor's curve held fixed")
             intervals = bootstrap(*read['per_image'], truth=source.rate_bpp if source is not None else None,
                                   anchors={k: curve for k, (_, curve) in refs.items() if k not in paired},
                                   paired=paired, **settings)

@@ -4,10 +4,10 @@ the paper's test sets (:mod:`~lvae.data.downloads`) and the random crops that tr
 Pixels are in [0, 1] (float32, (3, H, W)) wherever a tensor leaves this package.
 """
 from lvae.data.crops import ImageFolderCrops, parse_transform, random_crop_flip, reflect_pad_to
-from lvae.data.downloads import DownloadError, download, find_or_download
+from lvae.data.downloads import DownloadError, download_dataset, find_or_download
 from lvae.data.images import ImageError, check_images, decode_image, list_images, load_image, to_tensor
 from lvae.data.paths import dataset_name, dataset_path, known_datasets
 
 __all__ = ['DownloadError', 'ImageError', 'ImageFolderCrops', 'check_images', 'dataset_name', 'dataset_path',
-           'decode_image', 'download', 'find_or_download', 'known_datasets', 'list_images', 'load_image',
+           'decode_image', 'download_dataset', 'find_or_download', 'known_datasets', 'list_images', 'load_image',
            'parse_transform', 'random_crop_flip', 'reflect_pad_to', 'to_tensor']

@@ -6,9 +6,9 @@ the first time it is asked for, like torchvision's ``download=True``. By hand::
     python -m lvae.datasets download kodak tecnick-rgb-1200 clic2022-test [--root DIR]
     python -m lvae.datasets list
 
-Each download is checked: the sha256 of a file when :data:`SOURCES` states one, then the number of images,
+Each download is checked: the sha256 of a file when :data:`DOWNLOADS` states one, then the number of images,
 that every image decodes (:func:`lvae.data.images.check_images`) and that its size is one the dataset has.
-Files go through torch's ``download_url_to_file`` (temporary file, tqdm progress bar, then rename), so an
+Files go through :func:`lvae.checkpoint.remote.fetch` (temporary file, tqdm progress bar, then rename), so an
 interrupted download leaves no half file behind; files already present are not fetched again. A new dataset
 folder is filled as ``<folder>.partial`` and renamed once verified, so an interrupted download never looks like
 a complete dataset.
@@ -18,12 +18,10 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from urllib.error import URLError
-
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from lvae.checkpoint.remote import DownloadError, fetch
 from lvae.errors import first_line
 from lvae.data.images import IMAGE_EXTENSIONS, check_images, list_images
 from lvae.data.paths import dataset_path
@@ -32,7 +30,7 @@ from lvae.data.paths import dataset_path
 # zip whose image members with ``member_filter`` in their path are the dataset (flattened into the folder).
 # ``sha256``: {file or archive name: digest}, checked when given (none is stated here: they were not
 # measured against the servers, and a guessed digest would only reject good files).
-SOURCES = {
+DOWNLOADS = {
     'kodak': {
         'files': [(f'http://r0k.us/graphics/kodak/kodak/kodim{i:02d}.png', f'kodim{i:02d}.png') for i in range(1, 25)],
         'count': 24, 'sizes': {(768, 512), (512, 768)}, 'sha256': {},
@@ -50,17 +48,9 @@ SOURCES = {
 }
 
 
-class DownloadError(RuntimeError):
-    """A download failed or its result is not the expected dataset; the message says what and where."""
-
-
-def _fetch(url, dst, sha256=None, progress=True):
-    try:
-        torch.hub.download_url_to_file(url, dst, hash_prefix=sha256, progress=progress)
-    except (URLError, OSError) as e:
-        raise DownloadError(f'could not download {url}: {e}') from None
-    except RuntimeError as e:  # torch's hash mismatch
-        raise DownloadError(f'{url}: {e}') from None
+def expected_images(name):
+    """How many images known test set ``name`` has (None for a name :data:`DOWNLOADS` does not know)."""
+    return DOWNLOADS[name]['count'] if name in DOWNLOADS else None
 
 
 def _extract_images(archive, folder, member_filter):
@@ -73,16 +63,24 @@ def _extract_images(archive, folder, member_filter):
             if len(set(names)) != len(names):
                 raise DownloadError(f'{archive}: image names repeat across folders; cannot flatten')
             for m, name in zip(members, names):
-                with zf.open(m) as src, open(os.path.join(folder, name), 'wb') as dst:
+                with zf.open(m) as src, _new_file(os.path.join(folder, name)) as dst:
                     shutil.copyfileobj(src, dst)
     except zipfile.BadZipFile as e:
         raise DownloadError(f'{archive} is not a valid zip file ({e})') from None
     return names
 
 
+def _new_file(path):
+    """``path`` opened for writing as a new regular file: whatever is there (a file, a symbolic link planted in a
+    shared folder) is removed first, and the open neither follows a link nor takes a file that appeared meanwhile."""
+    if os.path.lexists(path):
+        os.remove(path)
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), 'wb')
+
+
 def verify(name, folder):
-    """Check that ``folder`` holds dataset ``name`` as :data:`SOURCES` describes; raise DownloadError if not."""
-    spec = SOURCES[name]
+    """Check that ``folder`` holds dataset ``name`` as :data:`DOWNLOADS` describes; raise DownloadError if not."""
+    spec = DOWNLOADS[name]
     good, bad = check_images(list_images(folder))
     problems = [str(e) for e in bad]
     if len(good) + len(bad) != spec['count']:
@@ -99,16 +97,16 @@ def verify(name, folder):
 
 def source_url(name):
     """Where dataset ``name`` is downloaded from (its archive, or its first file)."""
-    spec = SOURCES[name]
+    spec = DOWNLOADS[name]
     return spec['archive'] if 'archive' in spec else spec['files'][0][0]
 
 
-def download(name, root=None, progress=True):
+def download_dataset(name, root=None, progress=True):
     """Download dataset ``name`` into ``<root>/<name>`` (default: where :func:`lvae.data.paths.dataset_path`
     expects it), verify it, and return the folder."""
-    if name not in SOURCES:
-        raise ValueError(f'no download source for {name!r}; downloadable: {", ".join(SOURCES)}')
-    spec = SOURCES[name]
+    if name not in DOWNLOADS:
+        raise ValueError(f'no download source for {name!r}; downloadable: {", ".join(DOWNLOADS)}')
+    spec = DOWNLOADS[name]
     folder = os.path.join(root, name) if root else dataset_path(name, must_exist=False)
     # a folder that exists already is completed in place; a new one appears only once it is complete
     work = folder if os.path.isdir(folder) else folder.rstrip(os.sep) + '.partial'
@@ -116,11 +114,11 @@ def download(name, root=None, progress=True):
     if 'files' in spec:
         todo = [(url, f) for url, f in spec['files'] if not os.path.isfile(os.path.join(work, f))]
         for url, fname in tqdm(todo, desc=name, unit='file', disable=not progress):
-            _fetch(url, os.path.join(work, fname), spec['sha256'].get(fname), progress=False)
+            fetch(url, os.path.join(work, fname), spec['sha256'].get(fname), progress=False)
     elif len(list_images(work)) != spec['count']:
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             archive = os.path.join(tmp, spec['archive_name'])
-            _fetch(spec['archive'], archive, spec['sha256'].get(spec['archive_name']), progress=progress)
+            fetch(spec['archive'], archive, spec['sha256'].get(spec['archive_name']), progress=progress)
             _extract_images(archive, work, spec['member_filter'])
     verify(name, work)
     if work != folder:
@@ -136,13 +134,13 @@ def find_or_download(name_or_folder, progress=True):
         return dataset_path(name_or_folder)
     except FileNotFoundError:
         name = os.fspath(name_or_folder)
-        if name not in SOURCES:
+        if name not in DOWNLOADS:
             raise
     folder = dataset_path(name, must_exist=False)
     print(f'{name} is not on this machine: downloading it into {folder}', file=sys.stderr)
     try:
-        return download(name, progress=progress)
+        return download_dataset(name, progress=progress)
     except (DownloadError, OSError) as e:
         raise FileNotFoundError(f'dataset {name!r} is missing and its download failed ({first_line(e)}); fetch '
-                                f'{source_url(name)} by hand and put its {SOURCES[name]["count"]} images in '
+                                f'{source_url(name)} by hand and put its {DOWNLOADS[name]["count"]} images in '
                                 f'{folder}') from None

@@ -45,6 +45,8 @@ def decode_image(path):
     (8-bit) of the memory of :func:`load_image`'s floats; :func:`to_tensor` turns them into those floats. Raises
     :class:`ImageError` naming the file."""
     path = os.fspath(path)
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ImageError(path, f'a symbolic link to {os.readlink(path)}, which does not exist')
     try:
         if os.path.getsize(path) == 0:
             raise ImageError(path, 'empty file')
@@ -78,11 +80,13 @@ def load_image(path):
 
 
 def list_images(folder):
-    """Sorted image files (by extension) directly inside ``folder``."""
+    """Sorted image files (by extension) directly inside ``folder``; a symbolic link that leads nowhere is listed
+    too, so that it is reported as unreadable like any other file."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f'not a folder: {folder}')
     return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f)))
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and (os.path.isfile(os.path.join(folder, f))
+                                                               or os.path.islink(os.path.join(folder, f))))
 
 
 def check_images(paths):

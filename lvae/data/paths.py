@@ -30,8 +30,13 @@ SHARED_DATASETS = os.path.join(os.path.dirname(_CHECKOUT), 'shared', 'datasets')
 
 
 def dataset_root():
-    """The root folder holding ``<root>/<name>`` for each known dataset."""
-    return os.path.expanduser(os.environ.get('LVAE_DATASETS') or DEFAULT_ROOT)
+    """The root folder holding ``<root>/<name>`` for each known dataset; a ValueError when ``$LVAE_DATASETS`` names
+    something that is not a folder."""
+    root = os.path.expanduser(os.environ.get('LVAE_DATASETS') or DEFAULT_ROOT)
+    if os.environ.get('LVAE_DATASETS') and os.path.lexists(root) and not os.path.isdir(root):
+        raise ValueError(f'LVAE_DATASETS={root} is not a folder: set it to a folder holding <root>/<name> dataset '
+                         f'folders (or unset it for {DEFAULT_ROOT})')
+    return root
 
 
 def config_file():

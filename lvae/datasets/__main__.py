@@ -3,7 +3,7 @@
 import sys
 
 from lvae.cli import FlagParser
-from lvae.data.downloads import SOURCES, DownloadError, download
+from lvae.data.downloads import DOWNLOADS, DownloadError, download_dataset
 from lvae.data.paths import dataset_path, how_to_set_paths, known_datasets
 
 
@@ -12,7 +12,7 @@ def main(argv=None):
                         description="Download the paper's test sets, or list where datasets resolve.")
     sub = parser.add_subparsers(dest='command', required=True)
     d = sub.add_parser('download', help='download and verify test sets')
-    d.add_argument('names', nargs='+', choices=sorted(SOURCES), metavar='NAME', help=', '.join(SOURCES))
+    d.add_argument('names', nargs='+', choices=sorted(DOWNLOADS), metavar='NAME', help=', '.join(DOWNLOADS))
     d.add_argument('--root', default=None, help='download to ROOT/NAME (default: where lvae.data.paths looks)')
     sub.add_parser('list', help='known datasets and where they resolve')
     args = parser.parse_args(argv)
@@ -28,7 +28,7 @@ def main(argv=None):
     status = 0
     for name in args.names:
         try:
-            print(f'{name}: {download(name, args.root)} ({SOURCES[name]["count"]} images, verified)')
+            print(f'{name}: {download_dataset(name, args.root)} ({DOWNLOADS[name]["count"]} images, verified)')
         except (DownloadError, ValueError, OSError) as e:
             print(f'error: {e}', file=sys.stderr)
             status = 1

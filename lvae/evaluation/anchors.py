@@ -41,8 +41,8 @@ def read_curve(path):
     """Read an R-D JSON: ours, the authors' / CompressAI layout (``results: {bpp, psnr}``) or a plain
     ``{bpp, psnr}``. Returns a dict: ``name``, ``dataset`` (or None), ``curve`` (``bpp``, ``psnr`` and, when
     the file has them, ``psnr_of_mean_mse`` / ``mse_255``), ``per_image`` (``(bpp, psnr, mse)`` (N, L) arrays,
-    or None), ``files`` (the per-image rows' file names, or None) and ``intervals`` (the file's bootstrap settings,
-    or None)."""
+    or None), ``files`` (the per-image rows' file names, or None), ``hashes`` (the sha256 of each row's file where
+    the result records it, else None in its place) and ``intervals`` (the file's bootstrap settings, or None)."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -61,9 +61,13 @@ def read_curve(path):
              if results.get(key) is not None or key in ('bpp', 'psnr')}
     if 'psnr_of_mean_mse' not in curve and per_image is not None:
         curve['psnr_of_mean_mse'] = dataset_curves(*per_image)['psnr_of_mean_mse'].tolist()
+    files = [row.get('file') for row in data['per_image']] if per_image is not None else None
+    recorded = data.get('dataset', {}).get('files') if isinstance(data.get('dataset'), dict) else None
+    by_name = {f.get('file'): f.get('sha256') for f in recorded if isinstance(f, dict)} \
+        if isinstance(recorded, list) else {}
     return {'name': data.get('name') or os.path.splitext(os.path.basename(path))[0],
             'dataset': data.get('test-set') or data.get('dataset_name'), 'curve': curve, 'per_image': per_image,
-            'files': [row.get('file') for row in data['per_image']] if per_image is not None else None,
+            'files': files, 'hashes': [by_name.get(f) for f in files] if files is not None else None,
             'intervals': data.get('intervals') if isinstance(data.get('intervals'), dict) else None}
 
 
@@ -76,6 +80,21 @@ def _numbers(path, key, values, length=None):
     if length is not None and len(values) != length:
         raise ValueError(f'{path}: results.{key} has {len(values)} values but results.bpp has {length}')
     return values
+
+
+def same_images(a, b):
+    """Whether two :func:`read_curve` results hold figures of the same images in the same order: the same file
+    names and, where both record it, the same content (sha256). Returns ``(same, why_not)``."""
+    if a['files'] is None or b['files'] is None:
+        return False, 'one of them has no per-image figures'
+    if a['files'] != b['files']:
+        return False, f'the image lists differ: {len(a["files"])} and {len(b["files"])} files, ' \
+                      f'{len(set(a["files"]) ^ set(b["files"]))} names in one only'
+    differ = [f for f, x, y in zip(a['files'], a['hashes'], b['hashes']) if x and y and x != y]
+    if differ:
+        return False, (f'{len(differ)} of their {len(a["files"])} files have the same name but other content '
+                       f'(sha256), e.g. {differ[0]}')
+    return True, ''
 
 
 def default_anchor(dataset):

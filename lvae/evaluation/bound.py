@@ -38,6 +38,11 @@ NOISE = ('device', 'cpu')
 # 4 x 768 x 512 peaks at 2.3 GB above the model (1 lambda: 0.63 GB).
 CPU_PIXELS_PER_FORWARD = 4 * 512 * 768
 BITS_PER_NAT = math.log2(math.e)
+# Activation memory of an inference forward, bytes per padded pixel and lambda per unit of the config's width sum
+# (:func:`forward_bytes`): 112 and 228 bytes per pixel measured for rd_model_tiny and rd_model_small (peak RSS, a
+# 1024x1024 image, CPU); rd_model_base's 0.63 GB for a Kodak image comes out at 0.72 GB.
+BYTES_PER_WIDTH = 34
+LARGE_FORWARD = 2 * 2 ** 30  # a forward estimated above this is announced with its size before it runs
 REFINE_STREAM = 1  # the refinement draws from seeds (seed, draw, image, lambda, REFINE_STREAM), never the bound's
 
 
@@ -57,11 +62,12 @@ def distortion(model, x_hat, im):
 class InvalidImagesError(ValueError):
     """Some input files are not usable images; ``errors`` lists one :class:`ImageError` per file."""
 
-    def __init__(self, errors):
+    def __init__(self, errors, none_left=False):
         self.errors = list(errors)
         lines = '\n'.join(f'  {e}' for e in self.errors)
-        super().__init__(f'{len(self.errors)} file(s) are not usable images:\n{lines}\n'
-                         f'(remove them, or skip them with --skip-invalid / skip_invalid=True)')
+        way_out = ('none is left to evaluate: give a folder or files that hold images' if none_left else
+                   'remove them, or skip them with --skip-invalid / skip_invalid=True')
+        super().__init__(f'{len(self.errors)} file(s) are not usable images:\n{lines}\n({way_out})')
 
 
 def default_device():
@@ -137,12 +143,13 @@ class _BatchSizer:
 
 
 def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None, noise='device', refinement=None,
-                   refine_seeds=None):
+                   refine_seeds=None, refine_steps=None):
     """KL bits and MSE of one image at each lambda.
 
     im: (3, H, W) in [0, 1]; lambdas and seeds: one per forward sample; noise: where the draws are made
     (:data:`NOISE`); refinement: a :class:`~lvae.evaluation.refine.Refinement` of each posterior first, its draws
-    seeded by ``refine_seeds`` (one per sample, never ``seeds``). Returns ``(bits, mse)``, two float64 arrays of
+    seeded by ``refine_seeds`` (one per sample, never ``seeds``), the steps it took written into ``refine_steps`` (an
+    int array of len(lambdas), when given). Returns ``(bits, mse)``, two float64 arrays of
     len(lambdas): bits of the whole padded image, MSE on [0, 1] over the original pixels.
     """
     device = next(itertools.chain(model.parameters(), model.buffers())).device  # a channel may have no parameters
@@ -161,8 +168,11 @@ def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None, noise='devic
             offsets = None
             if refinement is not None:
                 drawn = [torch.Generator(noise_device).manual_seed(s) for s in refine_seeds[chunk]]
+                taken = []
                 offsets = refine_posteriors(model, padded.expand(n, -1, -1, -1), im, lmb, refinement,
-                                            noise_from(drawn), amp)
+                                            noise_from(drawn), amp, on_step=lambda step, *_: taken.append(step))
+                if refine_steps is not None:
+                    refine_steps[chunk] = taken[-1] if taken else 0
             with torch.inference_mode(), posterior_offsets(model, offsets) if offsets else contextlib.nullcontext(), \
                     torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16'):
                 x_hat, stats = model.forward_end2end(padded.expand(n, -1, -1, -1), lmb, noise=noise_from(gens))
@@ -174,6 +184,14 @@ def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None, noise='devic
             raise
         start += n
     return bits, mse
+
+
+def forward_bytes(config, pixels, lambdas=1):
+    """About how much memory an inference forward of ``lambdas`` lambdas of one image of ``pixels`` padded pixels takes
+    on top of the model: :data:`BYTES_PER_WIDTH` x pixels x the encoder and decoder widths of each stage over its
+    area (stage s at 1/(4 * 2^s) of each side)."""
+    widths = sum((config.enc_dims[s] + config.dec_dims[4 - s]) / (4 * 2 ** s) ** 2 for s in range(5))
+    return BYTES_PER_WIDTH * pixels * lambdas * widths
 
 
 def check_finite_weights(model):
@@ -220,8 +238,9 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     lmb_batch: lambdas per forward ('auto' or an int); amp: None (fp32) or 'bf16' (autocast); tf32_ok: let
     CUDA run fp32 matmuls and convolutions in TF32 (default: strict fp32, whatever torch's global flags say).
     refine: refine each image's posterior at each lambda before its bound is drawn (:mod:`lvae.evaluation.refine`:
-    a number of steps, or a :class:`~lvae.evaluation.refine.Refinement`); a tighter bound from the same weights,
-    recorded in the result's ``refine``.
+    a number of steps, ``'auto'`` (until converged) or a :class:`~lvae.evaluation.refine.Refinement`); a tighter bound
+    from the same weights, recorded in the result's ``refine`` with the steps taken per image and lambda
+    (``per_image[].refine_steps``).
     The model runs in its :func:`lvae.accel.prepare` form for ``device`` (same numbers) and is given back as
     it came: device, memory format, ``training`` flag, blocks.
 
@@ -253,9 +272,9 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     if test.skipped and not skip_invalid:
         raise InvalidImagesError(test.skipped)
     if not len(test):
-        raise InvalidImagesError(test.skipped) if test.skipped else ValueError('no images to evaluate')
+        raise InvalidImagesError(test.skipped, none_left=True) if test.skipped else ValueError('no images to evaluate')
     check_finite_weights(model)
-    refinement = Refinement(refine) if isinstance(refine, int) else refine
+    refinement = Refinement(refine) if isinstance(refine, (int, str)) else refine
     refinement = refinement if refinement is not None and refinement.steps else None  # 0 steps: the plain bound
     device = torch.device(device) if device is not None else default_device()
     model = accel.prepare(model, device).eval()
@@ -271,11 +290,18 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         name, im = test.image(i)
         h, w = im.shape[1:]
         pixels = pixel_count(h, w, bpp_pixels)
+        padded, per_forward = pixel_count(h, w, 'padded'), sizer.size(L * K, pixel_count(h, w, 'padded'))
+        need = forward_bytes(model.config, padded, per_forward) if hasattr(model.config, 'enc_dims') else 0
+        if need > LARGE_FORWARD:  # (a source's optimal channel has no widths: it holds no activations)
+            hint = ' (fewer lambdas per forward: --lmb-batch 1)' if per_forward > 1 else ''
+            warnings.warn(f'{name} ({w}x{h}): one forward takes about {need / 2 ** 30:.1f} GiB of memory on top of '
+                          f'the model{hint}', stacklevel=3)
         seeds = [_seed(seed, k, i, j) for k in range(K) for j in range(L)]
         refine_seeds = [_seed(seed, k, i, j, REFINE_STREAM) for k in range(K) for j in range(L)]
+        steps = np.zeros(L * K, dtype=np.int64)
         with tf32(tf32_ok):
             bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp, noise=noise,
-                                       refinement=refinement, refine_seeds=refine_seeds)
+                                       refinement=refinement, refine_seeds=refine_seeds, refine_steps=steps)
         if not (np.isfinite(bits).all() and np.isfinite(mse).all()):
             at = [round(v, 4) for v, b, m in zip(lambdas * K, bits, mse) if not np.isfinite(b + m)]
             raise ValueError(f'{name}: the model gave a non-finite rate or distortion at lambda {at[:4]}; no result '
@@ -283,7 +309,8 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         all_bpp[:, i], all_mse[:, i] = (bits / pixels).reshape(K, L), mse.reshape(K, L)
         img_bpp, img_psnr = all_bpp[:, i].mean(0), psnr(all_mse[:, i]).mean(0)
         per_image.append({'file': name, 'height': h, 'width': w, 'bpp': img_bpp.tolist(),
-                          'psnr': img_psnr.tolist(), 'mse': all_mse[:, i].mean(0).tolist()})
+                          'psnr': img_psnr.tolist(), 'mse': all_mse[:, i].mean(0).tolist(),
+                          **({'refine_steps': steps.reshape(K, L).max(0).tolist()} if refinement else {})})
         bar.set_postfix_str(f'{name} bpp {img_bpp[0]:.3f}-{img_bpp[-1]:.3f} '
                             f'psnr {img_psnr[0]:.2f}-{img_psnr[-1]:.2f}')
     curves = dataset_curves(*(np.array([r[key] for r in per_image]) for key in ('bpp', 'psnr', 'mse')))

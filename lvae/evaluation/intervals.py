@@ -13,10 +13,11 @@ spread of the per-draw curves: ``bpp_std`` / ``psnr_std`` per point and :func:`d
 import numpy as np
 
 from lvae.evaluation.bdrate import MIN_POINTS, bd_rate
-from lvae.evaluation.results import CONVENTIONS, convention_psnr, dataset_curves
+from lvae.evaluation.results import CONVENTIONS, convention_psnr, psnr
 
 METHOD = 'percentile bootstrap over images'
 LEVEL, RESAMPLES, SEED = 0.95, 2000, 0
+CHUNK = 2 ** 22  # resample x image counts held at once (32 MiB): the memory does not grow with images x resamples
 
 
 def _band(values, level):
@@ -57,25 +58,47 @@ def bootstrap(bpp, img_psnr, mse, anchors=None, resamples=RESAMPLES, seed=SEED, 
     for key, figures in (paired or {}).items():
         if len(figures[0]) != n:
             raise ValueError(f'{key}: a paired anchor needs figures of the same {n} images, got {len(figures[0])}')
-    picks = np.random.default_rng(seed).integers(0, n, size=(int(resamples), n))
-    boot = dataset_curves(np.asarray(bpp)[picks], np.asarray(img_psnr)[picks], np.asarray(mse)[picks])
+    sets = [(bpp, img_psnr, mse), *(paired or {}).values()]
+    means = _resampled_means([np.asarray(f, dtype=np.float64) for figures in sets for f in figures], resamples, seed)
+    boot, *anchor_curves = [_curves(*means[3 * i:3 * i + 3]) for i in range(len(sets))]
     out = {'method': METHOD, 'level': level, 'resamples': int(resamples), 'seed': int(seed)}
     out.update({key: _band(boot[key], level) for key in ('bpp', *CONVENTIONS)})
     if truth is not None:
-        out['excess'] = _band(boot['bpp'] - truth(np.asarray(mse)[picks].mean(axis=-2)), level)
+        out['excess'] = _band(boot['bpp'] - truth(means[2]), level)
     out['bd_rate'] = {key: {conv: _band(bd_rates(boot['bpp'], boot[conv], anchor, conv), level)
                             for conv in CONVENTIONS} for key, anchor in (anchors or {}).items()}
-    for key, figures in (paired or {}).items():
-        anchor = dataset_curves(*(np.asarray(f)[picks] for f in figures))
+    for key, anchor in zip(paired or {}, anchor_curves):
         out['bd_rate'][key] = {conv: _band(paired_bd_rates(boot, anchor, conv), level) for conv in CONVENTIONS}
     if paired:
         out['paired'] = sorted(paired)
     return out
 
 
+def _resampled_means(figures, resamples, seed):
+    """The mean over the images of each resample of each of ``figures`` ((N, L) arrays): (resamples, L) arrays.
+    Resample ``r`` takes the images of row ``r`` of ``default_rng(seed).integers(0, N, (resamples, N))``, drawn a
+    chunk of rows at a time (the same draws) and applied as counts per image, so no (resamples, N, L) array exists."""
+    n = len(figures[0])
+    rng = np.random.default_rng(seed)
+    rows = max(1, CHUNK // n)
+    out = [[] for _ in figures]
+    for start in range(0, int(resamples), rows):
+        r = min(rows, int(resamples) - start)
+        picks = rng.integers(0, n, size=(r, n)) + n * np.arange(r)[:, None]
+        counts = np.bincount(picks.ravel(), minlength=r * n).reshape(r, n).astype(np.float64)
+        for acc, f in zip(out, figures):
+            acc.append(counts @ f / n)
+    return [np.concatenate(acc) for acc in out]
+
+
+def _curves(bpp, img_psnr, mse):
+    """A dataset curve per resample from the resampled means: ``bpp``, ``psnr``, ``psnr_of_mean_mse``."""
+    return {'bpp': bpp, 'psnr': img_psnr, 'psnr_of_mean_mse': psnr(mse)}
+
+
 def paired_bd_rates(test, anchor, convention):
     """BD-rate (%, cubic) of each resample's test curve w.r.t. the same resample's anchor curve (both
-    :func:`~lvae.evaluation.results.dataset_curves` of (R, N, L) figures); NaN where undefined."""
+    curves of :func:`_curves`); NaN where undefined."""
     if min(np.shape(test['bpp'])[-1], np.shape(anchor['bpp'])[-1]) < MIN_POINTS:
         return np.full(len(test['bpp']), np.nan)
     return np.array([bd_rate(ab, ap, b, p) for b, p, ab, ap in

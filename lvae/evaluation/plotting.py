@@ -1,17 +1,18 @@
 """R-D plots (PNG): the bound against anchor codecs, BD-rate in the legend. Figures are drawn on their own
 Agg canvas, so importing this module leaves matplotlib's global backend (and pyplot's state) alone."""
 import math
-import os
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lvae.evaluation.bdrate import MIN_POINTS, bd_rate
+from lvae.evaluation.outputs import PLOT_SOFTWARE
 from lvae.evaluation.results import atomic_path
 
 
 def plot_rd(path, curves, reference=None, title=''):
-    """Write an R-D plot (PSNR in dB over bpp) to ``path`` (written to a temporary file, then renamed).
+    """Write an R-D plot (PSNR in dB over bpp) as a PNG to ``path`` (written to a temporary file, then renamed;
+    its 'Software' text says an evaluation drew it, :func:`lvae.evaluation.outputs.drawn_by_lvae`).
 
     curves: list of ``(label, bpp, psnr)``, drawn with markers; reference: ``(label, bpp, psnr)`` of the
     anchor (e.g. VTM 18.0), drawn dashed; each curve's legend entry then gives its BD-rate (cubic, the
@@ -35,5 +36,5 @@ def plot_rd(path, curves, reference=None, title=''):
     ax.legend(loc='lower right', fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or 'png')
+        fig.savefig(tmp, format='png', metadata={'Software': PLOT_SOFTWARE})
     return path

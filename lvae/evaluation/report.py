@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from lvae.evaluation.anchors import DEFAULT_ANCHOR, TRUE_RD, get_anchor, resolve_anchor_curve
+from lvae.evaluation.anchors import TRUE_RD, get_anchor, resolve_anchor_curve
 from lvae.evaluation.bdrate import MIN_POINTS, METHODS, bd_psnr, bd_rate, overlap
 from lvae.evaluation.intervals import bd_rates, bootstrap, describe, draw_bd_rates
 from lvae.evaluation.plotting import plot_rd
@@ -133,11 +133,10 @@ def point_table(result, intervals):
     return '\n'.join(lines)
 
 
-def report(result, test, anchor=None, name='test', plot=None):
+def report(result, test, anchor=None, name='test'):
     """Everything an evaluation ``result`` (:func:`lvae.evaluation.evaluate_bound`) on :class:`TestSet` ``test``
     tells: ``(text, record)``, the printed report and the results JSON's comparison fields (``intervals``,
-    ``bd_rate``). ``anchor``: the BD-rate reference (default: the test set's); ``plot``: a PNG path for the R-D
-    plot (the curve, the published curves of the test set, the reference dashed)."""
+    ``bd_rate``). ``anchor``: the BD-rate reference (default: the test set's)."""
     anchor = anchor or test.default_anchor
     refs = references(anchor, test.name, result['psnr'] + result['psnr_of_mean_mse'])
     intervals = bootstrap(*per_image_figures(result), anchors={key: curve for key, (_, curve) in refs.items()},
@@ -150,15 +149,31 @@ def report(result, test, anchor=None, name='test', plot=None):
         hint = (f'make one with `python -m lvae.anchors {test.folder} --codec jpeg` and pass it with --anchor'
                 if test.folder else 'pass one with --anchor')
         text += f'\n\nno {anchor} anchor for {test.name!r}: {hint}'
-    if plot:
-        curves = [(name, result['bpp'], result['psnr'])]
-        curves += [(label, c['bpp'], c['psnr']) for codec, label in PUBLISHED.items()
-                   if codec != anchor and (c := get_anchor(test.name, codec))]
-        reference = next(((label, c['bpp'], c['psnr']) for key, (label, c) in refs.items()
-                          if key == os.path.basename(anchor)), None)
-        plot_rd(plot, curves, reference, title=f'R(D) upper bound on {test.name} ({result["num_images"]} images, '
-                                               f'bpp over {result["bpp_pixels"]} pixels)')
+    if test.partial:
+        text += f'\n\nwarning: {partial_note(test)}'
     return text, {'intervals': intervals, 'bd_rate': bd}
+
+
+def partial_note(test):
+    """What a result on a known test set with missing images must say."""
+    found, expected = test.partial
+    return (f'{test.name} here has {found} of its {expected} images: the figures are those of these {found}, not '
+            f'comparable with published {test.name} results')
+
+
+def plot_result(path, result, test, anchor=None, name='test'):
+    """The R-D plot of a result as a PNG at ``path``: the curve, the published curves of the test set, the BD-rate
+    reference dashed."""
+    anchor = anchor or test.default_anchor
+    refs = references(anchor, test.name, result['psnr'] + result['psnr_of_mean_mse'])
+    curves = [(name, result['bpp'], result['psnr'])]
+    curves += [(label, c['bpp'], c['psnr']) for codec, label in PUBLISHED.items()
+               if codec != anchor and (c := get_anchor(test.name, codec))]
+    reference = next(((label, c['bpp'], c['psnr']) for key, (label, c) in refs.items()
+                      if key == os.path.basename(anchor)), None)
+    partial = f', {test.partial[0]} of {test.partial[1]}' if test.partial else ''
+    return plot_rd(path, curves, reference, title=f'R(D) upper bound on {test.name} ({result["num_images"]} images'
+                                                  f'{partial}, bpp over {result["bpp_pixels"]} pixels)')
 
 
 def result_record(result, test, name, model, model_name, weights, sha256, extra):

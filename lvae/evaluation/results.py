@@ -65,6 +65,12 @@ def per_image_figures(data):
                        dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise ValueError(f'per_image figures are not numbers: {e}') from None
+    for key, values in (('bpp', bpp), ('psnr', img_psnr), ('mse', mse)):
+        bad = np.argwhere(~np.isfinite(values))
+        if len(bad):
+            i, j = bad[0]
+            raise ValueError(f"per_image[{i}] ({rows[i].get('file', 'no file name')}) has a non-finite {key} at point "
+                             f"{j} ({values[i, j]}){f' and {len(bad) - 1} more' if len(bad) > 1 else ''}")
     return bpp, img_psnr, mse
 
 
@@ -112,10 +118,28 @@ def check_writable(path):
     os.remove(tmp)
 
 
+def json_text(data):
+    """``data`` as indented JSON text; NaN and infinity are refused with a ValueError naming where they are."""
+    try:
+        return json.dumps(data, indent=1, allow_nan=False)
+    except ValueError:
+        raise ValueError(f'the result holds NaN or infinity at {", ".join(_non_finite(data)[:4])}: a result that '
+                         f'holds them is a failed one; nothing is written') from None
+
+
+def _non_finite(data, where=''):
+    """The paths (``results.bpp[3]``) of the non-finite numbers in ``data``."""
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in _non_finite(v, f'{where}.{k}' if where else str(k))]
+    if isinstance(data, (list, tuple)):
+        return [p for i, v in enumerate(data) for p in _non_finite(v, f'{where}[{i}]')]
+    return [where] if isinstance(data, float) and not np.isfinite(data) else []
+
+
 def save_json(path, data):
     """Write ``data`` as indented JSON to ``path`` atomically (:func:`atomic_path`). NaN and infinity are refused
-    (ValueError) before anything is written: a result that holds them is a failed one, never a file."""
-    text = json.dumps(data, indent=1, allow_nan=False)
+    (ValueError, naming where) before anything is written: a result that holds them is a failed one, never a file."""
+    text = json_text(data)
     with atomic_path(path) as tmp, open(tmp, 'w') as f:
         f.write(text)
     return path

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lvae.data import ImageError, dataset_name, decode_image, list_images, to_tensor
+from lvae.data.downloads import expected_images
 from lvae.evaluation.anchors import DEFAULT_ANCHOR, TRUE_RD
 from lvae.evaluation.results import dataset_record
 from lvae.sources import GaussianField, resolve, source_record
@@ -51,6 +52,13 @@ class TestSet:
         return TestSet(self.name, self.images[:n], self.skipped, self.source, self.folder, paths)
 
     @property
+    def partial(self):
+        """``(usable images, images the set has)`` of a known test set with images missing or unusable here (e.g. a
+        folder named ``kodak`` holding 2 images: ``(2, 24)``), else None."""
+        expected = expected_images(self.name) if self.source is None else None
+        return (len(self.images), expected) if expected and len(self.images) < expected else None
+
+    @property
     def default_anchor(self):
         """The BD-rate reference of results on this set: a source's true R(D), else VTM 18.0."""
         return TRUE_RD if self.source is not None else DEFAULT_ANCHOR
@@ -68,7 +76,8 @@ class TestSet:
         if self.source is not None:
             return {**source_record(self.source.name), 'images': len(self.images)}
         if self.paths is not None:
-            return dataset_record(self.name, self.paths)
+            record = dataset_record(self.name, self.paths)
+            return {**record, 'expected_images': self.partial[1]} if self.partial else record
         return {'name': self.name, 'images': len(self.images), 'shapes': sorted({tuple(p.shape) for _, p in
                                                                                   self.images})}
 

@@ -14,8 +14,8 @@ import torch
 
 from lvae.checkpoint import download, is_url, load_file, load_weights, sha256_file
 from lvae.models.rd.model import VariableRateLossyVAE
-from lvae.models.rd.zoo import CONFIGS, PRETRAINED, WEIGHTS_DIR, parse_model_args, registered_config
-from lvae.models.registry import get_model, is_weightless, list_models
+from lvae.models.rd.zoo import CONFIGS, parse_model_args, registered_config
+from lvae.models.registry import get_model, is_weightless, list_models, pretrained_cfg
 
 
 @dataclass
@@ -105,18 +105,18 @@ def load_model(name=None, weights=None, pretrained=None, overrides=None, seed=0)
         return LoadedModel(model, name, label, sha256_file(path))
     if name is None:
         raise ValueError('name a model (--model NAME) or give its weights (--weights PATH_OR_URL)')
-    if pretrained is True and name not in PRETRAINED:
+    entry = pretrained_cfg(name) if name in list_models() else None
+    if pretrained is True and entry is None:
         raise ValueError(f'no pretrained weights are registered for {name!r} (models with weights: '
-                         f'{", ".join(sorted(PRETRAINED)) or "none"}); pass --weights PATH_OR_URL, or '
+                         f'{", ".join(list_models(pretrained=True)) or "none"}); pass --weights PATH_OR_URL, or '
                          f'--random-init to evaluate an untrained model')
-    if pretrained is False or (pretrained is None and name not in PRETRAINED and not is_weightless(name)):
+    if pretrained is False or (pretrained is None and entry is None and not is_weightless(name)):
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # reproducible untrained weights, the caller's RNG left as it was
             return LoadedModel(get_model(name, **overrides), name, untrained=not is_weightless(name))
-    if name not in PRETRAINED:  # an analytic model: nothing to load
+    if entry is None:  # an analytic model: nothing to load
         return LoadedModel(get_model(name, **overrides), name)
-    entry = PRETRAINED[name]
-    source = entry.get('url') or os.path.join(WEIGHTS_DIR, entry['file'])
+    source = entry['source']
     model = get_model(name, pretrained=True, **overrides)
     return LoadedModel(model, name, source if is_url(source) else os.path.basename(source),
                        sha256_file(download(source) if is_url(source) else source))

@@ -6,7 +6,7 @@ inequality puts higher, and could put a valid bound below the truth).
 """
 import numpy as np
 
-from lvae.sources import get_source
+from lvae.sources.registry import get_source
 
 
 def true_curve(name, test_psnr, margin=1.0, points=17):

@@ -1,14 +1,18 @@
-"""Training as a library: the paper's recipe (:class:`Recipe`) and its update (:class:`Trainer`).
+"""Training as a library: the paper's recipe (:class:`Recipe`), its update (:class:`Trainer`), and a whole run from
+typed settings (:class:`RunSettings`, :class:`TrainingRun`).
 
 >>> import torch, lvae, lvae.training
 >>> model = lvae.accel.prepare(lvae.get_model('rd_model_tiny'), 'cpu').train()
 >>> trainer = lvae.training.Trainer(model, lvae.training.Recipe(iterations=1000))
 >>> out = trainer.step(torch.rand(4, 3, 64, 64))     # one update; out['loss'], out['lr'], ...
 
-``train-var-rate.py`` drives the same trainer with data, DDP, validation and checkpoints
-(``lvae.training.runs``, ``lvae.training.distributed``).
+``train-var-rate.py`` parses its flags into a :class:`RunSettings` and drives a :class:`TrainingRun` (data, DDP,
+validation, checkpoints: ``lvae.training.run``, ``lvae.training.runs``, ``lvae.training.distributed``); a notebook
+can do the same (docs/training.md, "Reading the script").
 """
 from lvae.training.recipe import Recipe
+from lvae.training.run import TrainingRun
+from lvae.training.settings import RunSettings
 from lvae.training.trainer import Trainer
 
-__all__ = ['Recipe', 'Trainer']
+__all__ = ['Recipe', 'RunSettings', 'Trainer', 'TrainingRun']

@@ -6,7 +6,7 @@ import torch
 from tqdm import tqdm
 
 from lvae.evaluation.anchors import resolve_anchor_curve
-from lvae.training.runs import UsageError
+from lvae.cli import UsageError
 from lvae.training.validation import ValidationRecord, set_id
 
 
@@ -20,10 +20,10 @@ class NoLogging:
         pass
 
 
-def check_wandb_login(args):
+def check_wandb_login(settings):
     """``--wbmode online`` needs wandb credentials: refuse (UsageError) before any work when none are found.
     Looks where wandb does (WANDB_API_KEY, an identity token file, wandb's settings, ~/.netrc) without network."""
-    if args.wbmode != 'online':
+    if settings.wbmode != 'online':
         return
     import wandb
     try:
@@ -42,19 +42,20 @@ class RunLog:
     measured against; ``record`` is the run's :class:`~lvae.training.validation.ValidationRecord` for this set
     (``legacy_best``: see there)."""
 
-    def __init__(self, args, folder, test, wandb_id, legacy_best=None):
+    def __init__(self, settings, folder, test, wandb_id, legacy_best=None):
         for e in test.skipped:
             warnings.warn(f'validation image skipped: {e}', RuntimeWarning)
-        self.test = test.head(args.val_images)
+        self.test = test.head(settings.val_images)
         self.truth = self.test.source is not None
         self.convention = self.test.convention
-        self.record = ValidationRecord(folder, set_id(self.test.record, args.val_steps), legacy_best)
-        self.enabled = args.wbmode != 'disabled'
+        self.record = ValidationRecord(folder, set_id(self.test.record, settings.val_steps), legacy_best)
+        self.enabled = settings.wbmode != 'disabled'
         if self.enabled:
             import wandb
-            self.wb = wandb.init(project=args.wbproject, entity=args.wbentity, group=args.wbgroup, name=args.name,
-                                 tags=[t for t in args.wbtags.split(',') if t], config=vars(args), dir=folder,
-                                 mode=args.wbmode, id=wandb_id, resume='allow')
+            s = settings
+            self.wb = wandb.init(project=s.wbproject, entity=s.wbentity, group=s.wbgroup, name=s.name,
+                                 tags=[t for t in s.wbtags.split(',') if t], config=s.to_flags(), dir=folder,
+                                 mode=s.wbmode, id=wandb_id, resume='allow')
         else:
             self.wb = NoLogging()
 
@@ -75,16 +76,16 @@ class Progress:
     """The progress bar (rank 0), training logs every ``log_interval`` updates, and the throughput summary. The
     figures stay on the device between logs."""
 
-    def __init__(self, args, trainer, procs, wb):
-        self.args, self.procs, self.wb = args, procs, wb
+    def __init__(self, settings, trainer, procs, wb):
+        self.settings, self.procs, self.wb = settings, procs, wb
         self.bar = tqdm(total=trainer.recipe.iterations, initial=trainer.iter, disable=not procs.master,
-                        dynamic_ncols=True, desc=args.name if procs.master else None)
+                        dynamic_ncols=True, desc=settings.name if procs.master else None)
         self.start_iter, self.images = trainer.iter, 0
         self.skipped = None
         self.t_start = self.t_log = time.time()
 
     def log_due(self, it):
-        return it % self.args.log_interval == 0 or it == self.args.iterations
+        return it % self.settings.log_interval == 0 or it == self.settings.recipe.iterations
 
     def step(self, trainer, run, out, images, device):
         """Count an update; when a log is due (rank 0), read its figures (a host-device synchronisation), log them
@@ -97,7 +98,7 @@ class Progress:
             'loss', 'bppix', 'psnr', 'lr', 'grad_norm')]).tolist()
         counters = {k: int(v) for k, v in trainer.counters.items()}
         log = {'train/loss': loss, 'train/bpp': bpp, 'train/psnr': psnr, 'train/lr': lr, 'train/grad_norm': grad_norm,
-               'train/epoch': run.epoch, 'train/sec_per_iter': (time.time() - self.t_log) / self.args.log_interval,
+               'train/epoch': run.epoch, 'train/sec_per_iter': (time.time() - self.t_log) / self.settings.log_interval,
                'train/skipped_images': int(run.skipped_images), 'train/bad_steps': counters['bad_steps'],
                'train/grad_spikes': counters['spikes']}
         self.t_log = time.time()
@@ -129,13 +130,13 @@ class Progress:
                   f'{folder}')
 
 
-def describe(args, trainer, procs, device, trainset, folder, resumed, changes=None):
+def describe(settings, trainer, procs, device, trainset, folder, resumed, changes=None):
     """The run's opening line: model size, processes, data, images per update, folder, where a resume starts and
     the flags it ``changes`` (``{flag: [before, after]}``)."""
     n_params = sum(p.numel() for p in trainer.model.parameters())
     ema = trainer.iter if trainer.ema is not None else None
-    line = (f'{args.model}: {n_params / 1e6:.2f}M parameters on {device} x {procs.world} process(es); {trainset}; '
-            f'{args.batch_size * args.accum_num * procs.world} images per update; run folder {folder}')
+    line = (f'{settings.model}: {n_params / 1e6:.2f}M parameters on {device} x {procs.world} process(es); '
+            f'{trainset}; {settings.images_per_update * procs.world} images per update; run folder {folder}')
     if resumed:
         line += f'; resuming at iteration {trainer.iter} (lr {trainer.lr:.6g}, EMA step {ema})'
     if changes:

@@ -13,6 +13,8 @@ SPIKE_WINDOW = 100    # gradient norms kept for the spike rule (spikes included)
 SPIKE_FACTOR = 10.0   # an update whose norm exceeds this many times their median is a spike ...
 SPIKE_LR_CUT = 0.1    # ... taken at this fraction of the held LR, without moving the EMA
 
+KL_WARMUP_SCOPES = ('all', 'coarse')  # whose KL the warm-up weighs: every latent's, or all but the finest stage's
+INITS = ('default', 'unit-gain')  # the model's own initialisation; lvae.training.init.unit_gain_
 _CONST_COS = re.compile(r'const-([0-9]*\.?[0-9]+)-cos')
 _ALIASES = {'constant': 'const', 'cosine': 'cos'}
 
@@ -25,7 +27,12 @@ class Recipe:
     ``'const'`` / ``'constant'``, ``'cos'`` / ``'cosine'`` (the cosine from the end of the warm-up).
     ``grad_clip`` 0 turns clipping off. ``ema_warmup`` 0 means ``iterations // 20`` (the authors' rule).
     ``accum_num`` micro-batches per update and ``amp`` (``'none'`` or ``'bf16'`` autocast) are ours; with their
-    defaults an update is the paper's.
+    defaults an update is the paper's. So are two options for models that leave their coarse latents unused
+    (docs/sources.md, "Closing the gap"), off by default: ``kl_warmup`` N > 0 weighs the rate in the loss by
+    ``min(1, (t + 1) / N)`` (the bounded objective from update N on): the KL of every latent, or with
+    ``kl_warmup_scope='coarse'`` of all but the finest stage's, which pay in full from the start; and
+    ``init='unit-gain'`` re-initialises the maps between the stages to keep the signal's variance
+    (:func:`lvae.training.init.unit_gain_`).
     """
     lr: float = 2e-4
     lr_sched: str = 'const-0.5-cos'
@@ -38,12 +45,15 @@ class Recipe:
     ema_warmup: int = 10_000
     accum_num: int = 1
     amp: str = 'none'
+    kl_warmup: int = 0
+    kl_warmup_scope: str = 'all'
+    init: str = 'default'
 
     def __post_init__(self):
         for name in ('iterations', 'accum_num'):
             if getattr(self, name) < 1:
                 raise ValueError(f'--{name} must be >= 1, got {getattr(self, name)}')
-        for name in ('lr_warmup', 'grad_clip', 'ema_warmup'):
+        for name in ('lr_warmup', 'grad_clip', 'ema_warmup', 'kl_warmup'):
             if getattr(self, name) < 0:
                 raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
         if not self.lr > 0 or not 0 <= self.lrf_min <= 1 or not 0 <= self.ema_decay < 1:
@@ -51,6 +61,11 @@ class Recipe:
                              f'lrf_min {self.lrf_min}, ema_decay {self.ema_decay}')
         if self.amp not in ('none', 'bf16'):
             raise ValueError(f"--amp must be 'none' or 'bf16', got {self.amp!r}")
+        if self.kl_warmup_scope not in KL_WARMUP_SCOPES:
+            raise ValueError(f"--kl_warmup_scope must be one of {', '.join(map(repr, KL_WARMUP_SCOPES))}, got "
+                             f"{self.kl_warmup_scope!r}")
+        if self.init not in INITS:
+            raise ValueError(f"--init must be one of {', '.join(map(repr, INITS))}, got {self.init!r}")
         self.flat_fraction()  # checks the schedule's name
 
     @classmethod
@@ -92,6 +107,15 @@ class Recipe:
     def held_lr(self, t):
         """The LR of update ``t`` without spikes: the schedule at the last multiple of :data:`LR_PERIOD`."""
         return self.lr * self.lr_factor(t - t % LR_PERIOD)
+
+    def kl_weight(self, t, dec_nums=None):
+        """The weight of the rate in the loss of update ``t``: ``min(1, (t + 1) / kl_warmup)``, 1 without a warm-up
+        or after it (the paper's objective, which is what the bound measures). With ``kl_warmup_scope='coarse'``
+        one weight per latent of a model with ``dec_nums`` latents per stage, 1 for the finest stage's."""
+        beta = min(1.0, (t + 1) / self.kl_warmup) if self.kl_warmup else 1.0
+        if beta == 1 or self.kl_warmup_scope == 'all':
+            return beta
+        return [beta] * (sum(dec_nums) - dec_nums[-1]) + [1.0] * dec_nums[-1]
 
     def ema_decay_at(self, t):
         """The EMA decay of the update at iteration ``t``: ``ema_decay * (1 - exp(-t / ema_warmup))``."""

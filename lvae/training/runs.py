@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lvae.cli import UsageError
 from lvae.checkpoint import CheckpointWriteError, load_file, save_checkpoint
 from lvae.models.rd.zoo import parse_model_args, registered_config
 from lvae.evaluation.results import save_json
@@ -40,10 +41,6 @@ OWNER_FILE = 'run.owner'   # the process working on the run now (host, pid, sinc
 TRAINING_KEYS = ('model', 'model_name', 'config', 'iter', 'optimizer', 'args', 'epoch', 'rng')
 # Flags that only say where a run is: never compared or recorded on --resume.
 LOCATING_FLAGS = ('resume', 'runs_root')
-
-
-class UsageError(ValueError):
-    """A bad flag value: reported as one line, exit status 2."""
 
 
 # ------------------------------------------------------------------------------------------------ claims
@@ -92,7 +89,8 @@ class RunClaim:
         try:
             os.makedirs(project_dir, exist_ok=True)
         except OSError as e:
-            raise UsageError(f'cannot make the runs folder {project_dir}: {e.strerror or e}') from None
+            raise UsageError(f'cannot make the runs folder {project_dir}: {e.strerror or e}{_way_out(project_dir)}') \
+                from None
         identity = {'model': model, 'config': config, 'created': _now(), 'torchelastic_run_id': run_id}
         if name:
             folder = os.path.join(project_dir, name)
@@ -105,7 +103,7 @@ class RunClaim:
             except FileExistsError:
                 raise UsageError(taken_message(folder)) from None
             except OSError as e:
-                raise UsageError(f'cannot start a run in {folder}: {e.strerror or e}') from None
+                raise UsageError(f'cannot start a run in {folder}: {e.strerror or e}{_way_out(folder)}') from None
         n = next_run_number(project_dir, model)
         while True:
             folder = os.path.join(project_dir, f'{model}_{n}')
@@ -115,7 +113,7 @@ class RunClaim:
             except FileExistsError:
                 n += 1
             except OSError as e:
-                raise UsageError(f'cannot start a run in {folder}: {e.strerror or e}') from None
+                raise UsageError(f'cannot start a run in {folder}: {e.strerror or e}{_way_out(folder)}') from None
 
     @classmethod
     def existing(cls, folder, identity, wait=0.0):
@@ -144,6 +142,22 @@ class RunClaim:
         if self._fd is not None:
             os.close(self._fd)  # also drops the lock
             self._fd = None
+
+
+def _way_out(path):
+    """For a folder that this user may not write: whose it is, and the flags that put a run elsewhere."""
+    above = path
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if os.access(above, os.W_OK):
+        return ''
+    try:
+        import pwd
+        owner = pwd.getpwuid(os.stat(above).st_uid).pw_name
+    except (ImportError, KeyError, OSError):
+        owner = 'another user'
+    return (f' ({above} belongs to {owner}); put your runs elsewhere with --runs_root DIR, or in another '
+            f'project folder with --wbproject NAME')
 
 
 def _now():
@@ -199,13 +213,15 @@ def next_run_number(folder, model):
 
 def find_run(resume, project_dir):
     """``--resume``: a run folder, or a run name under ``project_dir``, holding last.pt."""
-    for folder in (resume, os.path.join(project_dir, resume)):
+    candidates = list(dict.fromkeys([resume, os.path.join(project_dir, resume)]))
+    for folder in candidates:
         if os.path.isfile(os.path.join(folder, 'last.pt')):
             return folder
         if os.path.isfile(os.path.join(folder, RUN_FILE)):
-            raise UsageError(f'--resume {resume}: {folder} has no last.pt (its run is running, or stopped before its '
-                             f'first checkpoint); remove the folder to start that run again')
-    raise UsageError(f'--resume {resume}: no last.pt in {resume} nor in {os.path.join(project_dir, resume)}')
+            where = '' if folder == resume else f' ({folder})'
+            raise UsageError(f'--resume {resume}{where} has no last.pt: its run is running, or stopped before its '
+                             f'first checkpoint; remove the folder to start that run again')
+    raise UsageError(f'--resume {resume}: no last.pt in {" nor in ".join(candidates)}')
 
 
 def elastic_run(project_dir, run_id, name=None):
@@ -217,13 +233,14 @@ def elastic_run(project_dir, run_id, name=None):
     return None
 
 
-def continued_run(args, procs, project_dir):
-    """The folder of the run these flags continue, or None for a new run: ``--resume``; else, for workers
-    restarted by torchrun, the folder their rendezvous wrote. Read-only, the same on every rank."""
-    if args.resume:
-        return find_run(args.resume, project_dir)
+def continued_run(resume, name, procs, project_dir):
+    """The folder of the run a start continues, or None for a new run: ``resume`` (a folder or a run name);
+    else, for workers restarted by torchrun, the folder their rendezvous wrote (``name``'s, when given).
+    Read-only, the same on every rank."""
+    if resume:
+        return find_run(resume, project_dir)
     if procs.restarts and procs.run_id:
-        return elastic_run(project_dir, procs.run_id, args.name)
+        return elastic_run(project_dir, procs.run_id, name)
     return None
 
 
@@ -236,8 +253,9 @@ def prepare_run_folder(folder, run_id=None):
             f.write(run_id)
 
 
-def write_args(folder, args):
-    save_json(os.path.join(folder, 'args.json'), vars(args))
+def write_args(folder, settings):
+    """``args.json``: the run's flags (:meth:`lvae.training.settings.RunSettings.to_flags`)."""
+    save_json(os.path.join(folder, 'args.json'), settings.to_flags())
 
 
 # ------------------------------------------------------------------------------------------------ resuming
@@ -323,13 +341,24 @@ class RunState:
             self.skipped_images = torch.zeros((), dtype=torch.int64)
 
 
-def header(args, trainer, run):
-    """What every checkpoint file of a run records."""
-    return {'model_name': args.model, 'config': trainer.model.config.to_dict(), 'iter': trainer.iter,
-            'wandb_id': run.wandb_id, 'args': dict(vars(args)), 'flag_changes': run.flag_changes}
+HEAD_KEYS = ('model_name', 'config', 'iter', 'wandb_id', 'args', 'flag_changes', 'epoch')
 
 
-def save_checkpoints(folder, args, trainer, run, procs, device, name='last.pt'):
+def header(settings, trainer, run):
+    """What every checkpoint file of a run records (:data:`HEAD_KEYS`)."""
+    return {'model_name': settings.model, 'config': trainer.model.config.to_dict(), 'iter': trainer.iter,
+            'wandb_id': run.wandb_id, 'args': settings.to_flags(), 'flag_changes': run.flag_changes,
+            'epoch': run.epoch}
+
+
+def checkpoint_dict(head, weights, **parts):
+    """A checkpoint file's dict, the one way every file of a run is made: its ``head`` (:func:`header`, or the
+    :data:`HEAD_KEYS` of a loaded one), its ``weights`` under ``'model'``, and the ``parts`` of its kind (last.pt:
+    the trainer's state and the RNGs; last_ema.pt: the EMA step; best.pt: the validation)."""
+    return {**{k: head[k] for k in HEAD_KEYS if k in head}, 'model': weights, **parts}
+
+
+def save_checkpoints(folder, settings, trainer, run, procs, device, name='last.pt'):
     """Write ``name`` (last.pt), then last_ema.pt of the same iteration (failed.pt alone). Every rank calls it: the
     RNG states of all ranks are gathered into the file, and every rank raises the CheckpointWriteError of rank 0's
     write (a full disk), so that all stop together."""
@@ -337,24 +366,24 @@ def save_checkpoints(folder, args, trainer, run, procs, device, name='last.pt'):
     error = None
     if procs.master:
         try:
-            _write_checkpoints(folder, args, trainer, run, rng, name)
+            _write_checkpoints(folder, settings, trainer, run, rng, name)
         except OSError as e:
             error = e
     if procs.any(error is not None):
         raise error if error is not None else CheckpointWriteError('rank 0 could not write its checkpoint')
 
 
-def _write_checkpoints(folder, args, trainer, run, rng, name):
+def _write_checkpoints(folder, settings, trainer, run, rng, name):
     state = trainer.state_dict()
-    head = {**header(args, trainer, run), 'epoch': run.epoch}
+    head = header(settings, trainer, run)
     recipe = trainer.recipe
-    save_checkpoint({**head, **state, 'model': trainer.model.state_dict(), 'recipe': recipe.to_dict(),
-                     'scheduler': {'sched': recipe.lr_sched, 'iterations': recipe.iterations, 'lr': recipe.lr,
-                                   'warmup': recipe.lr_warmup, 'lrf_min': recipe.lrf_min}, 'rng': rng,
-                     'counters': {**state['counters'], 'skipped_images': int(run.skipped_images)}},
-                    os.path.join(folder, name))
+    save_checkpoint(checkpoint_dict(
+        head, trainer.model.state_dict(), **{k: v for k, v in state.items() if k != 'counters'},
+        recipe=recipe.to_dict(), rng=rng, counters={**state['counters'], 'skipped_images': int(run.skipped_images)},
+        scheduler={'sched': recipe.lr_sched, 'iterations': recipe.iterations, 'lr': recipe.lr,
+                   'warmup': recipe.lr_warmup, 'lrf_min': recipe.lrf_min}), os.path.join(folder, name))
     if trainer.ema is not None and name == 'last.pt':
-        save_checkpoint({**head, 'model': state['ema'], 'ema_step': state['ema_step']},
+        save_checkpoint(checkpoint_dict(head, state['ema'], ema_step=state['ema_step']),
                         os.path.join(folder, 'last_ema.pt'))
 
 
@@ -392,7 +421,5 @@ def repair_last_ema(folder, ckpt):
         ema_iter = None
     if ema_iter == ckpt['iter']:
         return False
-    head = {k: ckpt[k] for k in ('model_name', 'config', 'iter', 'wandb_id', 'args', 'epoch') if k in ckpt}
-    save_checkpoint({**head, 'flag_changes': ckpt.get('flag_changes', []), 'model': ckpt['ema'],
-                     'ema_step': ckpt.get('ema_step')}, path)
+    save_checkpoint(checkpoint_dict({'flag_changes': [], **ckpt}, ckpt['ema'], ema_step=ckpt.get('ema_step')), path)
     return True

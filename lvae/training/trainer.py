@@ -124,12 +124,14 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.recipe.amp == 'bf16' \
             else nullcontext()
         figures = torch.zeros(3, device=self.device)
+        weight = self.recipe.kl_weight(self.iter, getattr(getattr(self.model, 'config', None), 'dec_nums', None))
+        kw = {} if weight == 1 else {'kl_weight': weight}  # the paper's update calls forward(im[, lmb]) alone
         for i, (im, lmb) in enumerate(zip(micro, lambdas)):
             im = im.to(self.device, non_blocking=True)
             last = i == len(micro) - 1
             with nullcontext() if self.world == 1 or last else self.forward.no_sync():
                 with autocast:
-                    out = self.forward(im) if lmb is None else self.forward(im, lmb.to(self.device))
+                    out = self.forward(im, **kw) if lmb is None else self.forward(im, lmb.to(self.device), **kw)
                 (out['loss'] / len(micro)).backward()
             figures += torch.stack([out[k].detach().float() for k in ('loss', 'bppix', 'psnr')])
         figures /= len(micro)

@@ -20,7 +20,7 @@ from lvae.checkpoint import save_checkpoint
 from lvae.errors import first_line
 from lvae.evaluation import evaluate_bound, lambda_grid
 from lvae.evaluation.plotting import plot_rd
-from lvae.training.runs import header
+from lvae.training.runs import checkpoint_dict, header
 
 VALIDATIONS_FILE = 'validations.jsonl'
 
@@ -103,7 +103,7 @@ class ValidationRecord:
         self.lines.append(line)
 
 
-def run_validation(folder, args, trainer, run, val, device, stop):
+def run_validation(folder, settings, trainer, run, val, device, stop):
     """Rank 0 validates the EMA weights (the model's without EMA): abandoned at once (StopRequested) when ``stop``
     (:class:`~lvae.training.signals.StopSignals`) is asked for; then best.pt (within this validation set), the
     plot ``val_rd.png`` and the line of ``validations.jsonl``; logs; returns the metrics.
@@ -111,8 +111,8 @@ def run_validation(folder, args, trainer, run, val, device, stop):
     net = trainer.ema.module if trainer.ema is not None else trainer.model
     t0 = time.time()
     with stop.interrupting():
-        metrics, res, anchor = validate(net, val.test, args.val_steps, val.reference, val.convention, device,
-                                        args.amp)
+        metrics, res, anchor = validate(net, val.test, settings.val_steps, val.reference, val.convention, device,
+                                        settings.recipe.amp)
     trainer.model.train()
     record = val.record
     best = record.better(ranking(metrics))
@@ -122,14 +122,14 @@ def run_validation(folder, args, trainer, run, val, device, stop):
             kept = os.path.join(folder, f'best-{record.best_file_set}.pt')
             os.replace(path, kept)
             tqdm.write(f'[iter {trainer.iter}] best.pt was chosen on another validation set: kept as {kept}; best.pt '
-                       f'now follows {args.valset}')
+                       f'now follows {settings.valset}')
         with stop.shielded():
-            save_checkpoint({**header(args, trainer, run), 'model': net.state_dict(), 'metrics': metrics,
-                             'validation': record.set_id, 'ema_weights': trainer.ema is not None}, path)
+            save_checkpoint(checkpoint_dict(header(settings, trainer, run), net.state_dict(), metrics=metrics,
+                                            validation=record.set_id, ema_weights=trainer.ema is not None), path)
         record.best_file_set = record.set_id
     try:
-        png = plot_rd(os.path.join(folder, 'val_rd.png'), [(args.name, res['bpp'], res[val.convention])], anchor,
-                      title=f'{args.name}: {args.valset} at iteration {trainer.iter}')
+        png = plot_rd(os.path.join(folder, 'val_rd.png'), [(settings.name, res['bpp'], res[val.convention])], anchor,
+                      title=f'{settings.name}: {settings.valset} at iteration {trainer.iter}')
     except (OSError, ValueError, RuntimeError) as e:  # a plot is not worth a run
         warnings.warn(f'no validation plot at iteration {trainer.iter}: {first_line(e)}', RuntimeWarning)
         png = None

@@ -62,7 +62,7 @@ def test_reference_undoes_prepare(tiny, memory_format):
     accel.reference(accel.prepare(accel.prepare(tiny, 'cpu'), 'cpu'))
     assert block_classes(tiny) == classes and state_hash(tiny) == digest
     assert is_channels_last(tiny) == (memory_format == torch.channels_last)
-    assert not hasattr(tiny, accel._STATE)
+    assert not hasattr(tiny, accel.forms._STATE)
 
 
 def test_other_devices_get_the_reference_blocks_in_nchw(tiny):
@@ -120,4 +120,4 @@ def test_evaluate_bound_gives_the_model_back_as_it_came(tiny, image_file, prepar
     assert np.isfinite(result['bpp'][0])
     assert tiny.training
     assert (block_classes(tiny), is_channels_last(tiny), state_hash(tiny), tiny.bias.device) == before
-    assert hasattr(tiny, accel._STATE) == prepared
+    assert hasattr(tiny, accel.forms._STATE) == prepared

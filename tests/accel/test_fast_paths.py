@@ -60,7 +60,7 @@ def test_cpu_block_inference_forms_give_the_reference_values(batch, form, monkey
     fold, onednn = accel.CPUConvNeXtBlock._fc1_folded, accel.CPUConvNeXtBlock._forward_onednn
     monkeypatch.setattr(accel.CPUConvNeXtBlock, '_fc1_folded', lambda *a: folded.append(1) or fold(*a))
     monkeypatch.setattr(accel.CPUConvNeXtBlock, '_forward_onednn', lambda *a: called.append(1) or onednn(*a))
-    monkeypatch.setattr(accel, 'inference_forms', always(form))
+    monkeypatch.setattr(accel.blocks, 'inference_forms', always(form))
     x, emb = torch.randn(batch, 16, 12, 10), torch.randn(batch, 8)
     with torch.inference_mode():
         out = fast(x.contiguous(memory_format=torch.channels_last), emb)
@@ -96,7 +96,7 @@ def test_faster_form_runs_the_form_that_timed_faster_and_remembers_it_per_key():
 
 def test_prepared_model_chooses_a_form_once_per_block_shape(monkeypatch):
     """The first evaluation forward times both forms for each block input shape; the next runs each block once."""
-    monkeypatch.setattr(accel, 'inference_forms', accel.FasterForm())
+    monkeypatch.setattr(accel.blocks, 'inference_forms', accel.FasterForm())
     runs = []
     for name in ('_forward_onednn', '_forward_reference'):
         original = getattr(accel.CPUConvNeXtBlock, name)
@@ -107,12 +107,12 @@ def test_prepared_model_chooses_a_form_once_per_block_shape(monkeypatch):
     im = torch.rand(1, 3, 64, 128)
     with torch.inference_mode():
         model.forward_end2end(im, torch.tensor([64.0]))
-        shapes = set(accel.inference_forms.chosen)
-        assert len(shapes) > 1 and set(accel.inference_forms.chosen.values()) <= {'reference', 'onednn'}
+        shapes = set(accel.blocks.inference_forms.chosen)
+        assert len(shapes) > 1 and set(accel.blocks.inference_forms.chosen.values()) <= {'reference', 'onednn'}
         assert len(runs) == len(blocks) + 5 * len(shapes)  # per new shape: 2 forms x (1 untimed + 2 timed)
         runs.clear()
         model.forward_end2end(im, torch.tensor([512.0]))
-    assert len(runs) == len(blocks) and set(accel.inference_forms.chosen) == shapes
+    assert len(runs) == len(blocks) and set(accel.blocks.inference_forms.chosen) == shapes
 
 
 def test_faster_form_keeps_the_first_form_on_a_tie():
@@ -156,7 +156,7 @@ def test_prepared_model_gives_the_reference_loss_and_gradients():
 @pytest.mark.parametrize('batch', [1, 3])
 @pytest.mark.parametrize('form', ['reference', 'onednn'])
 def test_prepared_model_gives_the_reference_evaluation_forward(batch, form, monkeypatch):
-    monkeypatch.setattr(accel, 'inference_forms', always(form))
+    monkeypatch.setattr(accel.blocks, 'inference_forms', always(form))
     torch.manual_seed(0)
     model = lvae.get_model('rd_model_tiny').eval()
     im, lmb = torch.rand(batch, 3, 128, 192), torch.linspace(4, 2048, batch)

@@ -54,7 +54,7 @@ def test_cpu_block_gradients_come_from_the_kernel_and_match_the_reference(built,
 def test_the_weight_gradient_kernel_stays_out_of_inference(built, monkeypatch):
     """Without autograd the CPU block runs the plain convolution: no autograd function, no saved tensors."""
     _, fast = block_pair(dim=32)
-    monkeypatch.setattr(accel._DepthwiseConvCPU, 'apply', lambda *a: pytest.fail('autograd function used'))
+    monkeypatch.setattr(accel.blocks._DepthwiseConvCPU, 'apply', lambda *a: pytest.fail('autograd function used'))
     with torch.inference_mode():
         fast(torch.randn(1, 32, 8, 8).contiguous(memory_format=torch.channels_last), torch.randn(1, 8))
 

@@ -11,7 +11,7 @@ import torch
 import lvae
 from lvae import checkpoint
 from lvae.models import model_from_checkpoint
-from lvae.models.rd import zoo
+from lvae.models import registry
 
 
 @pytest.fixture
@@ -62,10 +62,10 @@ def test_pretrained_url_downloads_into_hub_cache(tiny_ckpt, server, hub_dir):
 def test_pretrained_true_uses_the_registered_url(tiny_ckpt, server, hub_dir, monkeypatch):
     model, path = tiny_ckpt
     sha = checkpoint.sha256_file(path)
-    monkeypatch.setitem(zoo.PRETRAINED, 'rd_model_tiny', {'url': f'{server}/{path.name}', 'sha256': sha[:16]})
+    monkeypatch.setitem(registry._pretrained, 'rd_model_tiny', {'source': f'{server}/{path.name}', 'sha256': sha[:16]})
     assert _same_weights(model, lvae.get_model('rd_model_tiny', pretrained=True))
     # the published base model's entry points at the authors' file, with the weights under 'model'
-    assert zoo.PRETRAINED['rd_model_base']['url'].endswith('/rd_model_base-200k-feb14-2023.pt')
+    assert registry.pretrained_cfg('rd_model_base')['source'].endswith('/rd_model_base-200k-feb14-2023.pt')
 
 
 def test_download_with_a_wrong_hash_fails(tiny_ckpt, server, hub_dir):
@@ -179,3 +179,12 @@ def test_export_weights_keeps_only_what_rebuilds_the_model(tmp_path, tiny_ckpt):
     assert _same_weights(model, model_from_checkpoint(out)[0])
     with pytest.raises(ValueError, match='records no model config'):
         checkpoint.export_weights(tiny_ckpt[1], tmp_path / 'x.pt')
+
+
+def test_exporting_to_a_folder_asks_for_a_file_name(tmp_path, tiny_ckpt, capsys):
+    from lvae.checkpoint.__main__ import main as export_main
+    (tmp_path / 'out').mkdir()
+    with pytest.raises(checkpoint.CheckpointWriteError, match='names a folder; give a file name'):
+        checkpoint.save_checkpoint({'x': torch.zeros(1)}, str(tmp_path / 'new') + os.sep)
+    assert export_main([str(tiny_ckpt[1]), str(tmp_path / 'out')]) == 2
+    assert 'names a folder; give a file name' in capsys.readouterr().err

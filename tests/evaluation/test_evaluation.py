@@ -145,6 +145,7 @@ def test_lambda_grid_is_log_spaced_with_both_ends():
         lambda_grid((0, 10), 4)
 
 
+@pytest.mark.slow
 def test_compile_for_eval_keeps_results_and_falls_back_when_compiling_fails(odd_size_image):
     torch.manual_seed(0)
     model = lvae.get_model('rd_model_tiny').eval()

@@ -2,6 +2,7 @@
 drawn with the evaluation's seeds (so zero steps is the plain bound and a re-run the same result), the prepared CPU
 model refines as the reference does, and the model is given back as it came."""
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -11,15 +12,21 @@ import lvae
 from lvae import accel
 from lvae.evaluation import evaluate_bound
 from lvae.evaluation.bound import noise_from, pad_to_multiple
-from lvae.evaluation.refine import Refinement, latent_blocks, refine_posteriors
+from lvae.evaluation.refine import FIXED_LR, Convergence, Refinement, latent_blocks, refine_posteriors
+from lvae.models import load_model
 from lvae.sources import get_source
 
 LAMBDAS = [8.0, 64.0, 512.0, 2048.0]
 
 
+STUDY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'results',
+                     'gaussian-64-study', 'rd_model_tiny.pt')
+
+
 @pytest.fixture(scope='module')
 def model():
-    return lvae.get_model('rd_model_small', pretrained=True)
+    """rd_model_tiny trained on gaussian-64 (the study's): a trained posterior at a tenth of rd_model_small's cost."""
+    return load_model(weights=STUDY).model
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +46,7 @@ def test_refinement_lowers_the_loss_at_every_lambda_and_is_recorded(model, image
     refined = evaluate_bound(model, images, lambdas=LAMBDAS, device='cpu', progress=False, refine=20)
     assert (mean_loss(refined) < mean_loss(plain)).all(), (mean_loss(refined), mean_loss(plain))
     assert plain['refine'] is None
-    assert refined['refine']['steps'] == 20 and refined['refine']['lr'] == Refinement.lr
+    assert refined['refine']['steps'] == 20 and refined['refine']['lr'] == FIXED_LR
     assert 'offsets' in refined['refine']['parametrisation']
 
 
@@ -104,3 +111,27 @@ def test_the_bound_is_drawn_with_the_evaluations_seeds_never_the_optimisations(m
     assert not {s for c in calls[2:] for s in c[0]} & {s for c in calls[2:] for s in c[1]}
     assert still['bpp'] == pytest.approx(plain['bpp'], rel=1e-5)
     assert still['psnr'] == pytest.approx(plain['psnr'], abs=1e-4)
+
+
+def test_the_convergence_rule_cuts_the_rate_on_a_plateau_and_stops_after_its_cuts():
+    rule, optimiser = Convergence(), torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.03)
+    flat = torch.full((3,), 1.0)
+    stops = [rule.update(flat, optimiser) for _ in range(200)]
+    # the first gain is measured at the second window: a plateau there cuts, each next window cuts, then it stops
+    assert stops.index(True) + 1 == 4 * rule.window
+    assert optimiser.param_groups[0]['lr'] == pytest.approx(0.03 * rule.factor ** rule.cuts)
+    falling = Convergence()
+    assert not any(falling.update(torch.full((3,), 0.99 ** t), optimiser) for t in range(300))
+    assert falling.cut == 0   # a falling loss runs on, to max_steps at most
+    capped = Convergence(max_steps=50)
+    assert [capped.update(torch.full((3,), 0.99 ** t), optimiser) for t in range(50)].index(True) == 49
+
+
+def test_auto_refinement_lowers_the_loss_and_records_its_rule_and_steps(model, images):
+    plain = evaluate_bound(model, images[:2], lambdas=LAMBDAS, device='cpu', progress=False)
+    auto = evaluate_bound(model, images[:2], lambdas=LAMBDAS, device='cpu', progress=False, refine='auto')
+    assert (mean_loss(auto) < mean_loss(plain)).all(), (mean_loss(auto), mean_loss(plain))
+    assert auto['refine']['steps'] == 'auto' and auto['refine']['lr'] == Convergence.lr
+    assert auto['refine']['rule']['tol'] == Convergence.tol
+    steps = [s for r in auto['per_image'] for s in r['refine_steps']]
+    assert all(4 * Convergence.window <= s <= Convergence.max_steps for s in steps), steps

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import lvae
+from lvae.models.rd.model import LatentVariableBlock
 from lvae.models.rd.zoo import CONFIGS
 
 # docs/contract.md's zoo table: parameters and state-dict entries.
@@ -27,7 +28,8 @@ def test_list_models_has_the_paper_zoo_and_cpu_configs():
 
 @pytest.mark.parametrize('name', sorted(PAPER_ZOO))
 def test_paper_zoo_sizes(name):
-    model = lvae.get_model(name)
+    with torch.device('meta'):  # shapes and counts only: no memory, no initialisation work
+        model = lvae.get_model(name)
     params, entries = PAPER_ZOO[name]
     assert sum(p.numel() for p in model.parameters()) == params
     assert len(model.state_dict()) == entries
@@ -35,11 +37,17 @@ def test_paper_zoo_sizes(name):
 
 
 @pytest.mark.parametrize('name', sorted(CONFIGS))
-def test_every_registered_model_builds_and_runs(name):
-    model = lvae.get_model(name)
-    assert model.num_latents == sum(model.config.dec_nums)
+def test_every_registered_model_builds_as_its_config_says_and_the_small_ones_run(name):
+    with torch.device('meta'):
+        model = lvae.get_model(name)
+    cfg = model.config
+    heads = [m.posterior for m in model.modules() if isinstance(m, LatentVariableBlock)]
+    stages = [j for j, n in enumerate(cfg.dec_nums) for _ in range(n)]
+    assert [h.out_channels for h in heads] == [2 * cfg.z_dims[j] for j in stages]        # each latent's (mean, std)
+    assert [h.in_channels for h in heads] == [cfg.dec_dims[j] for j in stages]
+    assert model.encoder.enc_blocks[0].out_channels == cfg.enc_dims[0]
     if sum(p.numel() for p in model.parameters()) < 5_000_000:
-        out = model(torch.rand(2, 3, 64, 128))
+        out = lvae.get_model(name)(torch.rand(2, 3, 64, 128))
         assert torch.isfinite(out['loss']) and out['bppix'] > 0
 
 

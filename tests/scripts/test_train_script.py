@@ -1,7 +1,9 @@
 """train-var-rate.py: flag parsing, data robustness, runs that stop on non-finite losses, DDP on CPU, kill -9
 and resume, a restarted torchrun worker, SIGTERM, and a run written by the earlier trainer continued."""
+import contextlib
 import glob
 import importlib.util
+import io
 import json
 import math
 import os
@@ -19,7 +21,7 @@ import lvae
 from lvae.data import ImageFolderCrops, load_image, reflect_pad_to
 from lvae.models import model_from_checkpoint, parse_model_args, registered_config
 from lvae.training import Recipe
-from lvae.training.runs import RunClaim, UsageError, repair_last_ema
+from lvae.training.runs import RunClaim, UsageError, find_run, repair_last_ema
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, 'train-var-rate.py')
@@ -63,9 +65,17 @@ def cli(train_dir, val_dir, runs, *extra):
             '--workers', '0', '--log_interval', '1', '--runs_root', str(runs), '--fixseed', *extra]
 
 
-def run(args, launcher=(sys.executable,), env=None, **kw):
+def run(args, launcher=None, env=None, timeout=None, **kw):
+    """The script on ``args``: in this process (its ``main(argv)``, the output captured) unless it needs a process of
+    its own (a launcher, an environment, a resource limit); returns a ``CompletedProcess`` either way."""
+    if launcher is None and env is None and not kw:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = train.main([str(a) for a in args])
+        return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
     env = {**(os.environ if env is None else env), 'OMP_NUM_THREADS': '1', 'WANDB_SILENT': 'true'}
-    return subprocess.run([*launcher, SCRIPT, *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
+    return subprocess.run([*(launcher or (sys.executable,)), SCRIPT, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kw)
 
 
 def load(path):
@@ -454,6 +464,7 @@ def test_a_resume_keeps_what_defines_the_run_and_records_what_changes(photos, va
         in refused.stderr and 'holds weights only' in refused.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_first_validation_leaves_a_run_to_resume(photos, kodak_dir, tmp_path):
     """The stop handlers are in place before the first validation: SIGTERM during it abandons it at once, exit
     143 with last.pt of iteration 0; --resume redoes that validation and finishes."""
@@ -486,6 +497,7 @@ def test_sigterm_during_the_first_validation_leaves_a_run_to_resume(photos, koda
 
 
 @pytest.mark.skipif(not hasattr(signal, 'SIGXFSZ'), reason='needs POSIX file-size limits')
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(photos, valset, tmp_path):
     """A checkpoint that cannot be written (a file-size limit stands in for a full disk): one line naming the file,
     exit 74, the previous last.pt intact."""
@@ -516,3 +528,28 @@ def test_a_last_ema_of_another_iteration_is_rewritten_from_last_pt(tmp_path):
     fixed = load(tmp_path / 'last_ema.pt')
     assert fixed['iter'] == 8 and torch.equal(fixed['model']['w'], ema['w'])
     assert not repair_last_ema(str(tmp_path), last)
+
+
+def test_bad_weights_are_one_line_before_a_folder_is_claimed(tmp_path, capsys):
+    """A missing file, another model's weights: one line, no run folder; the corrected command then starts."""
+    small = tmp_path / 'small.pt'
+    torch.save({'model': lvae.get_model('rd_model_small').state_dict()}, small)
+    common = ['--model', 'rd_model_tiny', '--trainset', 'gaussian-64', '--valset', 'gaussian-64', '--val_images', '1',
+              '--val_steps', '1', '--batch_size', '2', '--iterations', '1', '--device', 'cpu', '--workers', '0',
+              '--runs_root', str(tmp_path / 'runs'), '--name', 'w']
+    for weights, words in [(tmp_path / 'missing.pt', 'checkpoint not found'), (small, 'do not fit')]:
+        assert train.main(common + ['--weights', str(weights)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and words in err and len(err.strip().splitlines()) == 1, err
+        assert not os.path.exists(tmp_path / 'runs' / 'lvae' / 'w')
+    assert train.main(common) == 0
+    assert load(tmp_path / 'runs' / 'lvae' / 'w' / 'last.pt')['iter'] == 1
+
+
+def test_a_resume_of_a_folder_without_last_pt_names_it_once(tmp_path):
+    folder = tmp_path / 'run'
+    folder.mkdir()
+    (folder / 'run.json').write_text('{}')
+    with pytest.raises(UsageError) as caught:
+        find_run(str(folder), str(tmp_path / 'runs'))
+    assert str(caught.value).count(str(folder)) == 1 and 'has no last.pt' in str(caught.value)

@@ -1,18 +1,19 @@
 """lvae.sources: reverse water-filling against closed forms, the samples against the covariance they should
 have, bounds against the truth (evaluate_bound, eval-var-rate.py, python -m lvae.bdrate), training on a source."""
+import importlib.util
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import lvae
+from lvae.bdrate.__main__ import main as bdrate_main
 from lvae.evaluation import evaluate_bound
 from lvae.sources import GaussianField, excess, get_source, list_sources, true_curve
+from lvae.sources.__main__ import main as sources_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IDENTITY = np.eye(3).tolist()
@@ -96,27 +97,29 @@ def test_an_untrained_models_bound_lies_above_the_truth():
     assert curve['bpp'] == pytest.approx(src.rate_at_psnr(curve['psnr']).tolist())
 
 
-def run(*args, timeout=600):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'WANDB_SILENT': 'true'}
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def script(name):
+    """A script of the repository as a module (its main(argv) runs it in this process)."""
+    spec = importlib.util.spec_from_file_location(name.replace('-', '_'), os.path.join(REPO, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_the_module_prints_the_true_rd():
-    result = run('-m', 'lvae.sources', 'gaussian-64', '--psnr', '30', '35')
-    assert result.returncode == 0, result.stderr
+def test_the_module_prints_the_true_rd(capsys):
+    assert sources_main(['gaussian-64', '--psnr', '30', '35']) == 0
+    out = capsys.readouterr().out
     src = get_source('gaussian-64')
     for psnr in (30, 35):
-        assert f'| {psnr:.1f} | {10 ** (-psnr / 10):.3e} | {src.rate_at_psnr(psnr):.4f} |' in result.stdout
-    assert run('-m', 'lvae.sources', 'gaussian-nope').returncode == 2
+        assert f'| {psnr:.1f} | {10 ** (-psnr / 10):.3e} | {src.rate_at_psnr(psnr):.4f} |' in out
+    assert sources_main(['gaussian-nope']) == 2
 
 
 @pytest.mark.parametrize('flags, words', [(['--max_std', '-1'], '--max_std must be in (0, 0.5]'),
                                           (['--size', '0'], '--size must be at least 8 pixels, got 0')])
-def test_fit_refuses_values_that_make_no_field(tmp_path, flags, words):
-    result = run('-m', 'lvae.sources', 'fit', str(tmp_path), *flags)
-    assert result.returncode == 2 and result.stderr.startswith(f'error: {words}')
-    assert len(result.stderr.splitlines()) == 1
+def test_fit_refuses_values_that_make_no_field(tmp_path, flags, words, capsys):
+    assert sources_main(['fit', str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {words}') and len(err.splitlines()) == 1
 
 
 def test_an_unknown_dataset_name_lists_the_sources_too():
@@ -126,29 +129,27 @@ def test_an_unknown_dataset_name_lists_the_sources_too():
         resolve('nope')
 
 
-def test_eval_script_on_a_source_against_the_truth(tmp_path):
+def test_eval_script_on_a_source_against_the_truth(tmp_path, capsys):
     out = tmp_path / 'r.json'
-    result = run('eval-var-rate.py', '--model', 'rd_model_tiny', '--random-init', '--dataset_name', 'gaussian-64',
-                 '--steps', '4', '--output', str(out), '--device', 'cpu', '--no-progress')
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert 'w.r.t. true R(D) of gaussian-64' in result.stdout
-    assert 'every point lies above the truth' in result.stdout
+    assert script('eval-var-rate').main(['--model', 'rd_model_tiny', '--random-init', '--dataset_name', 'gaussian-64',
+                                         '--steps', '4', '--output', str(out), '--device', 'cpu', '--no-progress']) == 0
+    printed = capsys.readouterr().out
+    assert 'w.r.t. true R(D) of gaussian-64' in printed and 'every point lies above the truth' in printed
     data = json.loads(out.read_text())
     assert data['test-set'] == 'gaussian-64' and data['dataset']['held_out_images'] == 100
     assert len(data['per_image']) == 100 and set(data['per_image'][0]) >= {'file', 'bpp', 'psnr', 'mse'}
     assert 'true-rd' in data['bd_rate'] and (tmp_path / 'r.png').stat().st_size > 0
-    bd = run('-m', 'lvae.bdrate', str(out))
-    assert bd.returncode == 0, bd.stderr
-    assert 'true R(D) of gaussian-64' in bd.stdout and 'every point lies above the truth' in bd.stdout
+    assert bdrate_main([str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'true R(D) of gaussian-64' in printed and 'every point lies above the truth' in printed
 
 
-def test_training_on_a_source_validates_against_the_truth(tmp_path):
-    result = run('train-var-rate.py', '--model', 'rd_model_tiny', '--trainset', 'gaussian-64', '--valset',
-                 'gaussian-64', '--val_images', '4', '--val_steps', '4', '--batch_size', '2', '--iterations', '4',
-                 '--eval_interval', '4', '--workers', '0', '--device', 'cpu', '--runs_root', str(tmp_path),
-                 '--name', 'g', '--fixseed')
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert 'SourceSamples(gaussian-64' in result.stdout
+def test_training_on_a_source_validates_against_the_truth(tmp_path, capsys):
+    assert script('train-var-rate').main([
+        '--model', 'rd_model_tiny', '--trainset', 'gaussian-64', '--valset', 'gaussian-64', '--val_images', '4',
+        '--val_steps', '4', '--batch_size', '2', '--iterations', '4', '--eval_interval', '4', '--workers', '0',
+        '--device', 'cpu', '--runs_root', str(tmp_path), '--name', 'g', '--fixseed']) == 0
+    assert 'SourceSamples(gaussian-64' in capsys.readouterr().out
     with open(tmp_path / 'lvae' / 'g' / 'validations.jsonl') as f:
         lines = [json.loads(line) for line in f]
     assert [v['iter'] for v in lines] == [0, 4] and all('val/bd_rate' in v for v in lines)

@@ -82,8 +82,9 @@ def test_the_schedule_of_const_half_cos():
     assert r.lr_factor(750) == pytest.approx(0.01 + 0.495 * (1 + math.cos(math.pi * 250 / 499)))
     assert r.lr_factor(999) == pytest.approx(0.01)                     # lrf_min at the last iteration
     assert all(r.lr_factor(t) >= r.lr_factor(t + 1) for t in range(999))
-    assert Recipe(iterations=25).lr_factor(12) == 1.0 < Recipe(iterations=27).lr_factor(14) + 1  # round(12.5) = 12
-    assert Recipe(iterations=25).lr_factor(13) < 1.0
+    # the cosine starts at round(F * iterations), Python's rounding: round(12.5) = 12, round(13.5) = 14
+    assert Recipe(iterations=25).lr_factor(12) == 1.0 > Recipe(iterations=25).lr_factor(13)
+    assert Recipe(iterations=27).lr_factor(14) == 1.0 > Recipe(iterations=27).lr_factor(15)
 
 
 def test_the_lr_is_held_for_ten_updates():
@@ -309,3 +310,12 @@ def test_batches_the_model_cannot_take_are_named(images, words):
     with pytest.raises(ValueError, match=words):
         trainer.step(images)
     assert trainer.iter == 0
+
+
+def test_a_runs_folder_of_another_user_names_its_owner_and_the_way_out(tmp_path, monkeypatch):
+    from lvae.training.runs import RunClaim, UsageError
+    monkeypatch.setattr(os, 'access', lambda path, mode: False)
+    monkeypatch.setattr(os, 'makedirs', lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, 'Permission denied')))
+    with pytest.raises(UsageError, match=r'Permission denied \(.* belongs to .*\); put your runs elsewhere with '
+                                         r'--runs_root DIR, or in another project folder with --wbproject NAME'):
+        RunClaim.new(str(tmp_path / 'shared' / 'lvae'), 'mine', 'rd_model_tiny', {})

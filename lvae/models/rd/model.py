@@ -143,7 +143,9 @@ class VariableRateLossyVAE(nn.Module):
 
     ``model(im, lmb)`` with ``im`` (B, 3, H, W) in [0, 1] (H, W multiples of 64) and ``lmb`` (B,) > 0 returns
     ``{'loss', 'bppix', 'psnr'}`` (0-dim tensors; bppix and psnr detached); ``lmb=None`` draws lambda
-    log-uniformly over ``lmb_range`` (training).
+    log-uniformly over ``lmb_range`` (training). ``model(im, lmb, kl_weight=b)`` weighs the rate by ``b`` in the
+    loss, a number or one per latent, top-down (a training option, :attr:`lvae.training.Recipe.kl_warmup`); the
+    bound's objective is ``b = 1``, and ``bppix`` is always the whole rate.
     """
 
     def __init__(self, cfg: RDConfig):
@@ -275,7 +277,7 @@ class VariableRateLossyVAE(nn.Module):
         """Total KL of each image in nats: list of per-latent stats -> (B,)."""
         return sum(stats['kl'].sum(dim=(1, 2, 3)) for stats in stats_all)
 
-    def forward(self, im, lmb=None):
+    def forward(self, im, lmb=None, kl_weight=1.0):
         if lmb is None:
             lmb = self.sample_lmb(im.shape[0])
         lmb = self._check_lmb(lmb, im.shape[0])
@@ -283,7 +285,11 @@ class VariableRateLossyVAE(nn.Module):
         ndims = im.shape[1] * im.shape[2] * im.shape[3]
         rate = self.kl_per_image(stats_all) / ndims  # nats per dimension, (B,)
         distortion = F.mse_loss(x_hat, self.preprocess_target(im), reduction='none').mean(dim=(1, 2, 3))
-        loss = (rate + lmb * distortion).mean()
+        if isinstance(kl_weight, (int, float)):
+            weighted = rate * kl_weight
+        else:
+            weighted = sum(w * s['kl'].sum(dim=(1, 2, 3)) for w, s in zip(kl_weight, stats_all, strict=True)) / ndims
+        loss = (weighted + lmb * distortion).mean()
         with torch.no_grad():  # 0-dim tensors: reading them is the caller's choice (a host sync on a GPU)
             mse = F.mse_loss(self.process_output(x_hat.detach()), im)
             bppix = rate.mean() * (math.log2(math.e) * im.shape[1])

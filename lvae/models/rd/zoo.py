@@ -5,20 +5,21 @@ import ast
 import os
 
 from lvae.checkpoint import load_weights
-from lvae.models.registry import register_model
+from lvae.models.registry import list_models, pretrained_cfg, register_model
 from lvae.models.rd.model import RDConfig, VariableRateLossyVAE
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'weights')
 
-# Where ``pretrained=True`` finds each model's weights: a URL (downloaded once into torch's hub cache) or a
-# file shipped inside the package; ``sha256`` is checked when given.
-PRETRAINED = {
+# Where ``pretrained=True`` finds each model's weights, recorded in the registry (lvae.models.registry.pretrained_cfg):
+# a URL (downloaded once into torch's hub cache) or a file shipped inside the package; ``sha256`` is checked when
+# given.
+WEIGHTS = {
     'rd_model_base': {
-        'url': 'https://huggingface.co/duanzh0/my-model-weights/resolve/main/rd_model_base-200k-feb14-2023.pt',
+        'source': 'https://huggingface.co/duanzh0/my-model-weights/resolve/main/rd_model_base-200k-feb14-2023.pt',
     },
     # Trained by this project on a CPU (README, "Results"): EMA weights after 4,000 iterations.
     'rd_model_small': {
-        'file': 'rd_model_small.pt',
+        'source': os.path.join(WEIGHTS_DIR, 'rd_model_small.pt'),
         'sha256': '750d954cb6eaa2607dc89cdf0fc3d6d9b20c2ca409d1c23bdf144bbd40ed781f',
     },
 }
@@ -96,12 +97,11 @@ def build(name, pretrained=False, **overrides):
     """Build zoo model ``name`` with config ``overrides``; load weights as :func:`lvae.get_model` describes."""
     model = VariableRateLossyVAE.from_config({**CONFIGS[name], **overrides})
     if pretrained is True:
-        if name not in PRETRAINED:
+        entry = pretrained_cfg(name)
+        if entry is None:
             raise ValueError(f'no pretrained weights are registered for {name!r}; models with weights: '
-                             f'{", ".join(sorted(PRETRAINED))}')
-        entry = PRETRAINED[name]
-        source = entry['url'] if 'url' in entry else os.path.join(WEIGHTS_DIR, entry['file'])
-        load_weights(model, source, sha256=entry.get('sha256'))
+                             f'{", ".join(list_models(pretrained=True))}')
+        load_weights(model, entry['source'], sha256=entry['sha256'])
     elif pretrained:
         load_weights(model, pretrained)
     return model
@@ -112,7 +112,7 @@ def _register(name):
         return build(name, pretrained=pretrained, **overrides)
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = f'{name}: ``get_model({name!r}, pretrained=False, **config_overrides)``.'
-    register_model(factory, pretrained=name in PRETRAINED)
+    register_model(factory, pretrained=WEIGHTS.get(name))
 
 
 for _name in CONFIGS:

@@ -1,0 +1,191 @@
+"""Posterior refinement to convergence: the refined loss against Adam steps, and what ``refine='auto'`` buys.
+
+    python benchmarks/refine_convergence.py                 # the study model on draws of gaussian-64
+    python benchmarks/refine_convergence.py --kodak DIR     # also rd_model_small on crops of two Kodak images
+    python benchmarks/refine_convergence.py --no-rule ...   # the curves alone; --rule-only adds the rule to --out
+
+Part 1 (curves): for each setting (Adam at a fixed learning rate; the ``auto`` rule), the loss that the bound
+measures (a fresh draw with the evaluation's seeds: nats per dimension + lambda x MSE in [-1, 1], mean over the
+images) at a low, a middle and a high lambda, every few steps up to ``--steps``. Part 2 (the rule against a fixed
+budget): ``evaluate_bound(..., refine='auto')`` against ``refine=1500`` on the same draws: the loss per lambda and the
+time. Prints tables; writes ``benchmarks/results/refine_convergence.json`` and ``.png`` (the curves).
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from lvae.evaluation import evaluate_bound  # noqa: E402
+from lvae.evaluation.bound import noise_from  # noqa: E402
+from lvae.evaluation.refine import Refinement, posterior_offsets, refine_posteriors  # noqa: E402
+from lvae.evaluation.results import save_json  # noqa: E402
+from lvae.models import load_model  # noqa: E402
+from lvae.sources import get_source  # noqa: E402
+
+STUDY = os.path.join(REPO, 'results', 'gaussian-64-study', 'rd_model_tiny.pt')
+CHECKPOINTS = (0, 5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1250, 1500, 2000, 3000)
+
+
+def measured_loss(model, images, lmb, offsets, seed=0):
+    """Per lambda (rows of ``lmb``), the loss of a fresh draw with fixed seeds, mean over the images: (L,)."""
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(images))]
+    with torch.inference_mode(), posterior_offsets(model, offsets) if offsets else contextlib.nullcontext():
+        x_hat, stats = model.forward_end2end(images, lmb, noise=noise_from(gens))
+    rate = model.kl_per_image(stats) / images[0].numel()
+    distortion = (x_hat - model.preprocess_target(images)).square().mean(dim=(1, 2, 3))
+    return (rate + lmb * distortion).double()
+
+
+def curve(model, images, lambdas, refinement, steps):
+    """The measured loss per lambda at each checkpoint step (until ``steps`` or the rule stops), and the steps."""
+    n = len(images)
+    batch = images.repeat(len(lambdas), 1, 1, 1)
+    lmb = torch.tensor(lambdas, dtype=torch.float32).repeat_interleave(n)
+    points = {}
+
+    def per_lambda(losses):
+        return losses.view(len(lambdas), n).mean(1).tolist()
+
+    points[0] = per_lambda(measured_loss(model, batch, lmb, None))
+    taken = []
+
+    def on_step(step, losses, offsets):
+        taken.append(step)
+        if step in CHECKPOINTS:
+            points[step] = per_lambda(measured_loss(model, batch, lmb, offsets))
+
+    if refinement.auto or refinement.steps:
+        gens = [torch.Generator().manual_seed(10_000 + i) for i in range(len(batch))]
+        refinement = refinement if refinement.auto else Refinement(steps, refinement.lr)
+        offsets = refine_posteriors(model, batch, batch, lmb, refinement, noise_from(gens), on_step=on_step)
+        points[taken[-1]] = per_lambda(measured_loss(model, batch, lmb, offsets))
+    return {'steps': sorted(points), 'loss': [points[k] for k in sorted(points)], 'taken': taken[-1] if taken else 0}
+
+
+def objective(result):
+    """Per lambda, the mean over images of nats per dimension + lambda x MSE in [-1, 1] of an evaluate_bound result."""
+    bpp = np.array([r['bpp'] for r in result['per_image']])
+    mse = np.array([r['mse'] for r in result['per_image']])
+    return (bpp * math.log(2) / 3 + np.array(result['lambdas']) * 4 * mse).mean(0)
+
+
+def part_curves(label, model, images, lambdas, settings, steps):
+    out = {}
+    for name, refinement in settings:
+        t0 = time.time()
+        out[name] = curve(model, images, lambdas, refinement, steps)
+        out[name]['seconds_with_checkpoints'] = time.time() - t0
+        final = out[name]['loss'][-1]
+        print(f'{label} {name:>10}: {out[name]["taken"]:5d} steps, final loss ' +
+              ', '.join(f'{v:.5f}' for v in final) + f' (lambdas {", ".join(f"{v:g}" for v in lambdas)})', flush=True)
+    best = np.min([np.min(np.array(c['loss']), axis=0) for c in out.values()], axis=0)
+    print(f'\n{label}: steps to within 1% of the lowest loss seen (per lambda)')
+    print('| setting | ' + ' | '.join(f'lambda {v:g}' for v in lambdas) + ' |')
+    print('|---|' + '---:|' * len(lambdas))
+    for name, c in out.items():
+        loss = np.array(c['loss'])
+        cells = []
+        for j in range(len(lambdas)):
+            within = [s for s, v in zip(c['steps'], loss[:, j]) if v <= best[j] * 1.01]
+            cells.append(str(within[0]) if within else '-')
+        print(f'| {name} | ' + ' | '.join(cells) + ' |')
+    return {'lambdas': lambdas, 'images': len(images), 'settings': out, 'lowest': best.tolist()}
+
+
+def part_rule(model, images, lambdas):
+    """evaluate_bound with refine='auto' against refine=1500: loss per lambda and time."""
+    rows = {}
+    for name, refine in (('auto', 'auto'), ('1500', 1500)):
+        res = evaluate_bound(model, images, lambdas=lambdas, device='cpu', progress=False, refine=refine)
+        rows[name] = {'loss': objective(res).tolist(), 'seconds': res['seconds'],
+                      'steps': [r.get('refine_steps') for r in res['per_image']]}
+        print(f'refine={name}: {res["seconds"]:.1f} s, loss ' + ', '.join(f'{v:.5f}' for v in rows[name]['loss']),
+              flush=True)
+    gap = [a / b - 1 for a, b in zip(rows['auto']['loss'], rows['1500']['loss'])]
+    ratio = rows['auto']['seconds'] / rows['1500']['seconds']
+    print('\n| lambda | auto loss | 1500-step loss | auto / 1500 - 1 |\n|---:|---:|---:|---:|')
+    for lmb, a, b, g in zip(lambdas, rows['auto']['loss'], rows['1500']['loss'], gap):
+        print(f'| {lmb:.1f} | {a:.5f} | {b:.5f} | {100 * g:+.2f}% |')
+    print(f'\ntime: auto {rows["auto"]["seconds"]:.1f} s, 1500 steps {rows["1500"]["seconds"]:.1f} s '
+          f'(ratio {ratio:.3f})')
+    return {'lambdas': lambdas, 'images': len(images), **rows, 'relative_gap': gap, 'time_ratio': ratio}
+
+
+def plot(path, parts):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from lvae.evaluation.results import atomic_path
+    fig = Figure(figsize=(5 * len(parts), 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    for k, (label, part) in enumerate(parts.items()):
+        ax = fig.add_subplot(1, len(parts), k + 1)
+        for i, (name, c) in enumerate(part['settings'].items()):
+            loss = np.array(c['loss'])
+            steps = np.maximum(c['steps'], 1)
+            for j, lmb in enumerate(part['lambdas']):
+                ax.plot(steps, loss[:, j] / part['lowest'][j] - 1, color=f'C{i}', marker='.',
+                        linestyle=('-', '--', ':')[j % 3], label=f'{name}, lambda {lmb:g}')
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('Adam steps (step 0 plotted at 1)')
+        ax.set_ylabel('loss / lowest loss seen - 1')
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, alpha=0.4)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png')
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--steps', type=int, default=2000, help='steps of the fixed-rate curves')
+    p.add_argument('--images', type=int, default=8, help='held-out draws of the source')
+    p.add_argument('--rule-images', type=int, default=16, help='held-out draws for the rule against 1500 steps')
+    p.add_argument('--lrs', type=float, nargs='+', default=[0.01, 0.03, 0.1], help='fixed learning rates')
+    p.add_argument('--auto-lrs', type=float, nargs='+', default=[0.01, 0.03], help="'auto' from these rates")
+    p.add_argument('--no-rule', action='store_true', help='only the curves')
+    p.add_argument('--rule-only', action='store_true', help='only the rule against 1500 steps (merged into --out)')
+    p.add_argument('--kodak', default=None, help='a Kodak folder: also rd_model_small on two 256x256 crops')
+    p.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results', 'refine_convergence.json'))
+    args = p.parse_args()
+    torch.set_grad_enabled(False)
+    settings = [(f'lr {lr:g}', Refinement(args.steps, lr)) for lr in args.lrs] + \
+        [(f'auto from {lr:g}', Refinement('auto', lr)) for lr in args.auto_lrs]
+    model = load_model(weights=STUDY).model.eval()
+    source = get_source('gaussian-64')
+    if args.rule_only:
+        with open(args.out) as f:
+            record = json.load(f)
+        record['rule_vs_1500'] = part_rule(model, source.held_out()[:args.rule_images], model.default_lambdas(6))
+        save_json(args.out, record)
+        return
+    parts = {}
+    lambdas = [4.0, 90.5, 2048.0]
+    parts['gaussian-64, rd_model_tiny (study)'] = part_curves('gaussian-64', model, source.held_out()[:args.images],
+                                                             lambdas, settings, args.steps)
+    if args.kodak:
+        from lvae.data import load_image
+        small = load_model('rd_model_small').model.eval()
+        crops = torch.stack([load_image(os.path.join(args.kodak, f))[:, 128:384, 256:512]
+                             for f in ('kodim05.png', 'kodim19.png')])
+        parts['kodak crops, rd_model_small'] = part_curves('kodak', small, crops, [16.0, 128.0, 1024.0], settings,
+                                                           args.steps)
+    rule = None if args.no_rule else part_rule(model, source.held_out()[:args.rule_images], model.default_lambdas(6))
+    record = {'curves': parts, 'rule_vs_1500': rule, 'torch': torch.__version__, 'threads': torch.get_num_threads()}
+    save_json(args.out, record)
+    plot(os.path.splitext(args.out)[0] + '.png', parts)
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,150 @@
+"""Where an evaluation's result goes and how it gets there (docs/evaluation.md, "Outputs").
+
+- The default name says what was measured: ``<name>-<test set>[-refine<N>][-samples<K>][-seed<S>][-padded-pixels]
+  .json`` (only settings that differ from the defaults appear), and the plot ``<same>.png`` beside it.
+- An output never replaces what an evaluation did not write: the JSON must end in ``.json``; an existing one must
+  be a result; an existing plot must be one that lvae drew or sit beside a result.
+- A result of other settings (model, weights, images, lambdas, draws, seed, refinement, precision) is never
+  replaced without ``overwrite``; two evaluations never write one output at once (a lock held while one works).
+- The JSON and its plot are written whole to temporary files, then both renamed: a failure (a full disk) or a
+  signal leaves the previous pair as it was and no temporary file.
+"""
+import contextlib
+import errno
+import fcntl
+import json
+import os
+
+from lvae.errors import write_failure
+from lvae.evaluation.results import atomic_path, check_writable
+
+PLOT_SOFTWARE = 'lvae evaluation'  # the PNG 'Software' text of every plot an evaluation draws
+# What a result records that changes its numbers: a result is replaced only by one that agrees on all of them.
+SETTINGS = ('model', 'weights_sha256', 'test-set', 'lambdas', 'bpp_pixels', 'samples', 'seed', 'refine', 'amp',
+            'noise')
+
+
+class OutputError(ValueError):
+    """An output that would replace something it must not; the message names it and the way out."""
+
+
+def default_output(name, test_set, refine=0, samples=1, seed=0, bpp_pixels='original', folder=os.path.join(
+        'runs', 'eval')):
+    """The default result path of an evaluation: its settings that differ from the defaults are in the name."""
+    parts = [f'{name}-{test_set}']
+    if refine:
+        parts.append(f'refine{refine}')
+    if samples != 1:
+        parts.append(f'samples{samples}')
+    if seed != 0:
+        parts.append(f'seed{seed}')
+    if bpp_pixels != 'original':
+        parts.append(f'{bpp_pixels}-pixels')
+    return os.path.join(folder, '-'.join(parts).replace(os.sep, '_') + '.json')
+
+
+def plot_path(out):
+    """The plot beside result ``out`` (``x.json`` -> ``x.png``)."""
+    return os.path.splitext(out)[0] + '.png'
+
+
+def read_result(path):
+    """The evaluation result held at ``path`` (a dict), or None when the file is not one."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get('results'), dict) and 'lambdas' in data else None
+
+
+def drawn_by_lvae(png):
+    """True when ``png`` is a plot an evaluation drew (its PNG 'Software' text)."""
+    from PIL import Image
+    try:
+        with Image.open(png) as img:
+            return img.info.get('Software') == PLOT_SOFTWARE
+    except (OSError, ValueError):
+        return False
+
+
+def check_output(out):
+    """Raise :class:`OutputError` (or OSError) before the work unless ``out`` may receive a result and its plot: a
+    ``.json`` name, writable, holding nothing that is not a result, its plot path holding nothing but a plot."""
+    out = os.fspath(out)
+    if os.path.isdir(out):
+        check_writable(out)  # the folder's message: give a file name
+    if os.path.splitext(out)[1].lower() != '.json':
+        raise OutputError(f'--output must name a .json file (the plot goes beside it as .png), got {out}')
+    png = plot_path(out)
+    result = read_result(out) if os.path.lexists(out) else None
+    if os.path.lexists(out) and (result is None or os.path.islink(out)):
+        raise OutputError(f'{out} exists and is not an evaluation result: it is left alone; choose another --output')
+    if os.path.lexists(png) and (os.path.islink(png) or not (drawn_by_lvae(png) or result is not None)):
+        raise OutputError(f'{png} exists and is not a plot of an evaluation: it is left alone; choose another '
+                          f'--output')
+    for path in (out, png):
+        check_writable(path)
+    return out, png
+
+
+def check_settings(out, record, overwrite=False):
+    """Raise :class:`OutputError` when ``out`` holds a result whose settings (:data:`SETTINGS`) differ from
+    ``record``'s (the new result's) and ``overwrite`` is off: a result is never silently replaced by another."""
+    old = read_result(out) if os.path.exists(out) else None
+    if old is None or overwrite:
+        return
+    differ = [key for key in SETTINGS if old.get(key) != record.get(key)]
+    if differ:
+        shown = ', '.join(f'{key} {_short(old.get(key))} there, {_short(record.get(key))} now' for key in differ)
+        raise OutputError(f'{out} holds a result of other settings ({shown}); choose another --output, or pass '
+                          f'--overwrite to replace it')
+
+
+def _short(value):
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + '...'
+
+
+@contextlib.contextmanager
+def output_lock(out):
+    """Hold ``out`` for one evaluation: a second one asking for it meanwhile gets :class:`OutputError` naming the
+    process. The lock (``.<name>.lock`` beside it, a POSIX lock) is released and removed at the block's end, and
+    released by the system when a process dies."""
+    lock = os.path.join(os.path.dirname(os.path.abspath(out)), '.' + os.path.basename(out) + '.lock')
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or 'unknown'
+            raise OutputError(f'another evaluation (pid {holder}) is writing {out} now; wait for it, or choose '
+                              f'another --output') from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield
+        finally:
+            os.remove(lock)
+    finally:
+        os.close(fd)
+
+
+def write_pair(out, write_json, draw_plot):
+    """Write result ``out`` and its plot together: ``write_json(tmp)`` and ``draw_plot(tmp)`` fill temporary files
+    beside them, then both are renamed into place. A failure raises OSError naming the path, with the previous
+    pair intact and no temporary file left."""
+    png = plot_path(out)
+    target = png
+    try:
+        with atomic_path(png) as tmp_png, atomic_path(out) as tmp_json:
+            draw_plot(tmp_png)
+            target = out
+            write_json(tmp_json)
+    except OSError as e:
+        raise OSError(f'cannot write {target}: {write_failure(e, os.path.dirname(os.path.abspath(target)))}; '
+                      f'the previous result there, if any, is unchanged') from None
+    return out, png

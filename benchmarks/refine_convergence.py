@@ -60,8 +60,8 @@ def curve(model, images, lambdas, refinement, steps):
 
     def on_step(step, losses, offsets):
         taken.append(step)
-        if step in CHECKPOINTS:
-            points[step] = per_lambda(measured_loss(model, batch, lmb, offsets))
+        if step in CHECKPOINTS:  # inside the refinement its hooks already add the offsets: none added again
+            points[step] = per_lambda(measured_loss(model, batch, lmb, None))
 
     if refinement.auto or refinement.steps:
         gens = [torch.Generator().manual_seed(10_000 + i) for i in range(len(batch))]
@@ -132,12 +132,12 @@ def plot(path, parts):
             loss = np.array(c['loss'])
             steps = np.maximum(c['steps'], 1)
             for j, lmb in enumerate(part['lambdas']):
-                ax.plot(steps, loss[:, j] / part['lowest'][j] - 1, color=f'C{i}', marker='.',
+                ax.plot(steps, 100 * (loss[:, j] / loss[0, j] - 1), color=f'C{i}', marker='.',
                         linestyle=('-', '--', ':')[j % 3], label=f'{name}, lambda {lmb:g}')
+        ax.axhline(0, color='k', linewidth=0.8)
         ax.set_xscale('log')
-        ax.set_yscale('log')
-        ax.set_xlabel('Adam steps (step 0 plotted at 1)')
-        ax.set_ylabel('loss / lowest loss seen - 1')
+        ax.set_xlabel('Adam steps (step 0, the plain posterior, plotted at 1)')
+        ax.set_ylabel('measured loss against the plain posterior\'s (%)')
         ax.set_title(label, fontsize=9)
         ax.grid(True, alpha=0.4)
         ax.legend(fontsize=6)
@@ -155,9 +155,14 @@ def main():
     p.add_argument('--auto-lrs', type=float, nargs='+', default=[0.01, 0.03], help="'auto' from these rates")
     p.add_argument('--no-rule', action='store_true', help='only the curves')
     p.add_argument('--rule-only', action='store_true', help='only the rule against 1500 steps (merged into --out)')
+    p.add_argument('--plot-only', action='store_true', help='redraw the plot of --out')
     p.add_argument('--kodak', default=None, help='a Kodak folder: also rd_model_small on two 256x256 crops')
     p.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results', 'refine_convergence.json'))
     args = p.parse_args()
+    if args.plot_only:
+        with open(args.out) as f:
+            plot(os.path.splitext(args.out)[0] + '.png', json.load(f)['curves'])
+        return
     torch.set_grad_enabled(False)
     settings = [(f'lr {lr:g}', Refinement(args.steps, lr)) for lr in args.lrs] + \
         [(f'auto from {lr:g}', Refinement('auto', lr)) for lr in args.auto_lrs]

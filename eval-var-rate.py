@@ -194,6 +194,7 @@ def evaluate(args, loaded, test, name, lambdas, out):
                                      {**comparisons, 'compile': compiled, 'lvae': lvae.__version__}))
     print(f'{result["num_images"]} images, {len(lambdas)} lambdas, {result["seconds"]:.1f} s on {result["device"]}')
     print(text, flush=True)  # before any file is written: a failed write loses no figure
+
     def write_json(tmp):
         with open(tmp, 'w') as f:
             f.write(record)

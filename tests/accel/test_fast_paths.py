@@ -173,6 +173,7 @@ def test_prepared_model_gives_the_reference_evaluation_forward(batch, form, monk
     torch.testing.assert_close(kl, kl_ref, rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow  # torch.compile: tens of seconds on a CPU
 def test_compiled_blocks_give_the_reference_loss_and_gradients():
     """``prepare(..., compile=True)`` (what train-var-rate.py --compile does), here with the ``aot_eager``
     backend: the forward and backward graphs traced, no C++ compiler needed; same loss and gradients."""

@@ -1,12 +1,14 @@
 """The model compiles as whole graphs: the training forward and backward, and the evaluation forward, with no
 graph break (``fullgraph=True``: no host reads inside) and no recompilation across the lambdas of a batch.
 Dynamo's capture is what is checked, with its ``eager`` backend (no C++ compiler needed)."""
+import pytest
 import torch
 import torch._dynamo
 
 import lvae
 
 
+@pytest.mark.slow  # torch.compile
 def test_the_training_step_compiles_as_one_graph_for_every_lambda():
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -30,6 +32,7 @@ def test_the_training_step_compiles_as_one_graph_for_every_lambda():
     assert len(set(losses)) == 3
 
 
+@pytest.mark.slow  # torch.compile
 def test_the_evaluation_forward_compiles_as_one_graph():
     torch._dynamo.reset()
     torch.manual_seed(0)

@@ -10,6 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 NOTEBOOK = os.path.join(REPO, 'examples', 'quickstart.ipynb')
 
 
+@pytest.mark.slow  # a Jupyter kernel and Kodak: half a minute
 def test_quickstart_notebook_runs(shared_dir, monkeypatch, tmp_path):
     monkeypatch.setenv('LVAE_DATASETS', os.path.join(shared_dir, 'datasets'))
     monkeypatch.setenv('MPLBACKEND', 'Agg')

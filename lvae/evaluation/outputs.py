@@ -112,8 +112,11 @@ def output_lock(out):
     process. The lock (``.<name>.lock`` beside it, a POSIX lock) is released and removed at the block's end, and
     released by the system when a process dies."""
     lock = os.path.join(os.path.dirname(os.path.abspath(out)), '.' + os.path.basename(out) + '.lock')
-    os.makedirs(os.path.dirname(lock), exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise OSError(f'cannot write {lock}: {e.strerror or e}') from None
     try:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -123,8 +126,11 @@ def output_lock(out):
             holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or 'unknown'
             raise OutputError(f'another evaluation (pid {holder}) is writing {out} now; wait for it, or choose '
                               f'another --output') from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:  # who holds it, for the message of a second evaluation (on a full disk the lock works without it)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:
+            pass
         try:
             yield
         finally:

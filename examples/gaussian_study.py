@@ -164,12 +164,20 @@ def rate_by_stage(labels):
     return out
 
 
+def save_png(fig, path):
+    """Lay out ``fig`` and write it to ``path`` as a PNG, atomically."""
+    from lvae.evaluation.results import atomic_path
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png')
+    print(f'wrote {path}')
+
+
 def plot(out, study):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     import numpy as np
 
-    from lvae.evaluation.results import atomic_path
     from lvae.sources import get_source
     fig = Figure(figsize=(12, 4.8), dpi=120)
     FigureCanvasAgg(fig)
@@ -209,10 +217,7 @@ def plot(out, study):
     for ax in (rd, history):
         ax.grid(True, alpha=0.4)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format='png')
-    print(f'wrote {out}')
+    save_png(fig, out)
 
 
 PAPER_IMAGES = 200_000 * 16  # the paper's budget: 200k updates of batch 16 (an extrapolation's target, not a run)
@@ -248,7 +253,6 @@ def plot_scaling(out, path):
     from matplotlib.figure import Figure
     import numpy as np
 
-    from lvae.evaluation.results import atomic_path
     fig = Figure(figsize=(6.5, 4.8), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -270,10 +274,7 @@ def plot_scaling(out, path):
     ax.set_title(f'{SOURCE}: the bound against the truth as training grows (line: the paper\'s budget)', fontsize=8)
     ax.grid(True, alpha=0.4)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png')
-    print(f'wrote {path}')
+    save_png(fig, path)
 
 
 def main():

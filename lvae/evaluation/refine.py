@@ -40,8 +40,7 @@ class Refinement:
 
     def __post_init__(self):
         if self.steps != AUTO:
-            if isinstance(self.steps, bool) or not isinstance(self.steps, (int, float, str)) or \
-                    not str(self.steps).isdigit():
+            if isinstance(self.steps, bool) or not str(self.steps).isdigit():  # a whole number >= 0
                 raise ValueError(f"refinement needs steps >= 0 or 'auto', got steps {self.steps!r}")
             self.steps = int(self.steps)
         self.lr = float(self.lr if self.lr is not None else Convergence.lr if self.steps == AUTO else FIXED_LR)

@@ -290,7 +290,8 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         name, im = test.image(i)
         h, w = im.shape[1:]
         pixels = pixel_count(h, w, bpp_pixels)
-        padded, per_forward = pixel_count(h, w, 'padded'), sizer.size(L * K, pixel_count(h, w, 'padded'))
+        padded = pixel_count(h, w, 'padded')
+        per_forward = sizer.size(L * K, padded)
         need = forward_bytes(model.config, padded, per_forward) if hasattr(model.config, 'enc_dims') else 0
         if need > LARGE_FORWARD:  # (a source's optimal channel has no widths: it holds no activations)
             hint = ' (fewer lambdas per forward: --lmb-batch 1)' if per_forward > 1 else ''

@@ -21,7 +21,7 @@ import sys
 from lvae.cli import FlagParser
 from lvae.training.distributed import Processes
 from lvae.training.recipe import INITS, KL_WARMUP_SCOPES
-from lvae.training.run import EXIT_BAD_STEPS, EXIT_IO, TrainingRun  # noqa: F401  (the exit statuses it returns)
+from lvae.training.run import TrainingRun
 from lvae.training.runs import check_last_pt, continued_run, load_run, resume_flags
 from lvae.training.settings import RunSettings
 

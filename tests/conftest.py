@@ -6,6 +6,7 @@ palette, tiny, truncated, not an image). ``shared_dir`` is the project's ``../sh
 files, Kodak, the training photos, the anchors' source files): tests that need it are skipped with a message
 on a user's clone, and fail in CI (CI=true), where it must exist.
 """
+import importlib.util
 import os
 
 import pytest
@@ -33,3 +34,22 @@ def kodak_dir(shared_dir):
 @pytest.fixture(scope='session')
 def odd_dir():
     return os.path.join(DATA, 'odd')
+
+
+def load_script(name):
+    """A script of the repository (``eval-var-rate``, ``train-var-rate``) as a module: its main(argv) runs it in
+    this process."""
+    spec = importlib.util.spec_from_file_location(name.replace('-', '_'), os.path.join(REPO, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='session')
+def repo_script():
+    return load_script
+
+
+@pytest.fixture(scope='session')
+def eval_script():
+    return load_script('eval-var-rate')

@@ -133,12 +133,18 @@ def point_table(result, intervals):
     return '\n'.join(lines)
 
 
+def result_references(result, test, anchor=None):
+    """``(anchor, refs)``: the BD-rate reference of ``result`` on ``test`` (default: the test set's) and
+    :func:`references` over the result's PSNR range."""
+    anchor = anchor or test.default_anchor
+    return anchor, references(anchor, test.name, result['psnr'] + result['psnr_of_mean_mse'])
+
+
 def report(result, test, anchor=None, name='test'):
     """Everything an evaluation ``result`` (:func:`lvae.evaluation.evaluate_bound`) on :class:`TestSet` ``test``
     tells: ``(text, record)``, the printed report and the results JSON's comparison fields (``intervals``,
     ``bd_rate``). ``anchor``: the BD-rate reference (default: the test set's)."""
-    anchor = anchor or test.default_anchor
-    refs = references(anchor, test.name, result['psnr'] + result['psnr_of_mean_mse'])
+    anchor, refs = result_references(result, test, anchor)
     intervals = bootstrap(*per_image_figures(result), anchors={key: curve for key, (_, curve) in refs.items()},
                           truth=test.source.rate_bpp if test.source is not None else None)
     bd = bd_summary(result, refs, intervals)
@@ -164,8 +170,7 @@ def partial_note(test):
 def plot_result(path, result, test, anchor=None, name='test'):
     """The R-D plot of a result as a PNG at ``path``: the curve, the published curves of the test set, the BD-rate
     reference dashed."""
-    anchor = anchor or test.default_anchor
-    refs = references(anchor, test.name, result['psnr'] + result['psnr_of_mean_mse'])
+    anchor, refs = result_references(result, test, anchor)
     curves = [(name, result['bpp'], result['psnr'])]
     curves += [(label, c['bpp'], c['psnr']) for codec, label in PUBLISHED.items()
                if codec != anchor and (c := get_anchor(test.name, codec))]
@@ -190,5 +195,6 @@ def result_record(result, test, name, model, model_name, weights, sha256, extra)
         'model': model_name, 'model_config': model.config.to_dict(), 'weights': weights, 'weights_sha256': sha256,
         **{key: result[key] for key in ('bpp_pixels', 'samples', 'seed', 'refine', 'num_images', 'skipped',
                                         'per_image', 'device', 'amp', 'tf32', 'noise', 'seconds')},
+        **({'resumed': result['resumed']} if result.get('resumed') else {}),
         'torch': torch.__version__,
     }

@@ -1,7 +1,6 @@
 """Where results go and how they are written: names that say what was measured, nothing replaced that an evaluation
 did not write, a result written whole or not at all, interrupts that leave nothing behind, pairing by content."""
 import errno
-import importlib.util
 import json
 import os
 import signal
@@ -19,15 +18,7 @@ from lvae.evaluation.outputs import (OutputError, check_output, default_output, 
                                      write_pair)
 from lvae.evaluation.results import dataset_curves, per_image_figures
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-@pytest.fixture(scope='module')
-def script():
-    spec = importlib.util.spec_from_file_location('eval_var_rate', os.path.join(REPO, 'eval-var-rate.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture()
@@ -53,11 +44,11 @@ def test_default_names_carry_the_settings_that_change_the_numbers():
         os.path.join(base, 'm-kodak-refine50-samples4-seed3-padded-pixels.json')
 
 
-def test_plain_and_refined_evaluations_in_one_folder_leave_two_results(script, images, tmp_path, monkeypatch,
+def test_plain_and_refined_evaluations_in_one_folder_leave_two_results(eval_script, images, tmp_path, monkeypatch,
                                                                       capsys):
     monkeypatch.chdir(tmp_path)
-    assert script.main(tiny(images)) == 0
-    assert script.main(tiny(images, '--refine', '1')) == 0
+    assert eval_script.main(tiny(images)) == 0
+    assert eval_script.main(tiny(images, '--refine', '1')) == 0
     results = sorted(os.listdir(tmp_path / 'runs' / 'eval'))
     assert results == ['rd_model_tiny-imgs-refine1.json', 'rd_model_tiny-imgs-refine1.png', 'rd_model_tiny-imgs.json',
                        'rd_model_tiny-imgs.png']
@@ -66,20 +57,20 @@ def test_plain_and_refined_evaluations_in_one_folder_leave_two_results(script, i
     assert drawn_by_lvae(tmp_path / 'runs' / 'eval' / 'rd_model_tiny-imgs.png')
     capsys.readouterr()
     # another setting that the name does not carry (the lambdas) never silently replaces a result
-    assert script.main(tiny(images, '--lmb_range', '8', '64')) == 2
+    assert eval_script.main(tiny(images, '--lmb_range', '8', '64')) == 2
     err = capsys.readouterr().err
     assert 'holds a result of other settings (lambdas' in err and '--overwrite' in err
     assert json.loads((tmp_path / 'runs' / 'eval' / results[2]).read_text())['lambdas'] == plain['lambdas']
-    assert script.main(tiny(images, '--lmb_range', '8', '64', '--overwrite')) == 0
+    assert eval_script.main(tiny(images, '--lmb_range', '8', '64', '--overwrite')) == 0
 
 
-def test_an_output_never_replaces_an_input_nor_puts_json_in_a_png(script, images, tmp_path, capsys):
+def test_an_output_never_replaces_an_input_nor_puts_json_in_a_png(eval_script, images, tmp_path, capsys):
     before = (images / 'a.png').read_bytes()
     (tmp_path / 'notes.json').write_text('{"mine": 1}')
     for out, words in [(images / 'a.json', 'a.png exists and is not a plot of an evaluation'),
                        (tmp_path / 'curve.png', 'must name a .json file'),
                        (tmp_path / 'notes.json', 'notes.json exists and is not an evaluation result')]:
-        assert script.main(tiny(images, '--output', str(out))) == 2
+        assert eval_script.main(tiny(images, '--output', str(out))) == 2
         err = capsys.readouterr().err
         assert err.startswith('error: ') and words in err and len(err.splitlines()) == 1, err
     assert (images / 'a.png').read_bytes() == before and not (images / 'a.json').exists()
@@ -106,19 +97,19 @@ def test_a_failed_write_names_the_path_and_keeps_the_previous_pair(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['res.json', 'res.png']   # no temporary file left
 
 
-def test_an_interrupted_evaluation_writes_nothing_and_exits_with_the_signal(script, images, tmp_path, monkeypatch,
-                                                                           capsys):
+def test_an_interrupted_evaluation_writes_nothing_and_exits_with_the_signal(eval_script, images, tmp_path,
+                                                                           monkeypatch, capsys):
     out = tmp_path / 'r.json'
-    assert script.main(tiny(images, '--output', str(out))) == 0
+    assert eval_script.main(tiny(images, '--output', str(out))) == 0
     before = out.read_bytes(), (tmp_path / 'r.png').read_bytes()
 
     def interrupted(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError('the signal did not interrupt the evaluation')
 
-    monkeypatch.setattr(script, 'evaluate_bound', interrupted)
+    monkeypatch.setattr(eval_script, 'evaluate_bound', interrupted)
     capsys.readouterr()
-    assert script.main(tiny(images, '--output', str(out))) == 128 + signal.SIGTERM
+    assert eval_script.main(tiny(images, '--output', str(out))) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert 'interrupted by SIGTERM: nothing written' in err and 'Traceback' not in err
     assert (out.read_bytes(), (tmp_path / 'r.png').read_bytes()) == before
@@ -191,7 +182,7 @@ def test_the_bootstrap_in_chunks_draws_what_it_drew_at_once(monkeypatch):
         np.testing.assert_allclose(chunked[key], expected, rtol=1e-12)
 
 
-def test_a_known_test_set_with_missing_images_says_so(kodak_dir, tmp_path, script, capsys):
+def test_a_known_test_set_with_missing_images_says_so(kodak_dir, tmp_path, eval_script, capsys):
     folder = tmp_path / 'kodak'
     folder.mkdir()
     for name in ('kodim01.png', 'kodim02.png'):
@@ -201,20 +192,20 @@ def test_a_known_test_set_with_missing_images_says_so(kodak_dir, tmp_path, scrip
     assert test.partial == (2, 24) and test.record['expected_images'] == 24
     assert [os.path.basename(e.path) for e in test.skipped] == ['kodim03.png']
     assert 'symbolic link' in str(test.skipped[0]) and 'does not exist' in str(test.skipped[0])
-    assert script.main(['--model', 'rd_model_tiny', '--random-init', '--dataset_name', str(folder), '--steps', '1',
-                        '--no-progress', '--output', str(tmp_path / 'r.json')]) == 2
+    assert eval_script.main(['--model', 'rd_model_tiny', '--random-init', '--dataset_name', str(folder), '--steps', '1',
+                             '--no-progress', '--output', str(tmp_path / 'r.json')]) == 2
     err = capsys.readouterr().err
     assert 'warning: kodak here has 2 of its 24 images' in err and 'kodim03.png' in err
 
 
-def test_flags_are_checked_before_the_work_and_named(script, capsys):
+def test_flags_are_checked_before_the_work_and_named(eval_script, capsys):
     for argv, words in [(['--refine-lr', 'inf'], '--refine-lr must be a learning rate in (0, 1], got inf'),
                         (['--refine-lr', '1e30'], '--refine-lr must be'),
                         (['--seed', '-1'], '--seed must be an integer in [0, 2**63), got -1'),
                         (['--lmb_range', '1', 'inf'], '--lmb_range takes LOW HIGH with 0 < LOW <= HIGH, both finite'),
                         (['--lmb_range', '64', '64', '--steps', '3'], 'is one lambda'),
                         (['--output', 'x.png'], 'must name a .json file')]:
-        assert script.main(argv + ['--dataset_name', 'no-such-set']) == 2, argv
+        assert eval_script.main(argv + ['--dataset_name', 'no-such-set']) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith('error: ') and words in err, (argv, err)
 

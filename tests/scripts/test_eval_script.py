@@ -1,5 +1,4 @@
 """eval-var-rate.py: one real run as a subprocess, and its argument / error handling in-process."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,13 +14,6 @@ from lvae.checkpoint import save_checkpoint, sha256_file
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, 'eval-var-rate.py')
 
-
-@pytest.fixture(scope='module')
-def script():
-    spec = importlib.util.spec_from_file_location('eval_var_rate', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -63,19 +55,19 @@ def test_script_writes_json_png_and_bd_table(kodak3, tmp_path):
     assert all(len(f['sha256']) == 64 and f['bytes'] > 100_000 for f in data['dataset']['files'])
 
 
-def test_three_lambdas_end_cleanly_with_n_a(script, kodak3, tmp_path, monkeypatch, capsys):
+def test_three_lambdas_end_cleanly_with_n_a(eval_script, kodak3, tmp_path, monkeypatch, capsys):
     """Fewer than 4 lambdas: the BD table says n/a and why, exit status 0; the default output goes under
     runs/eval/ of the working folder."""
     monkeypatch.chdir(tmp_path)
-    assert script.main(['--model', 'rd_model_tiny', '--random-init', '--dataset_name', kodak3, '--steps', '3',
-                        '--device', 'cpu', '--no-progress']) == 0
+    assert eval_script.main(['--model', 'rd_model_tiny', '--random-init', '--dataset_name', kodak3, '--steps', '3',
+                             '--device', 'cpu', '--no-progress']) == 0
     out = capsys.readouterr().out
     assert '| mean of per-image PSNR (paper) | cubic (paper) | n/a | n/a |' in out
     assert 'BD-rate needs at least 4 points on the test curve, got 3' in out
     assert sorted(os.listdir(tmp_path / 'runs' / 'eval')) == ['rd_model_tiny-kodak.json', 'rd_model_tiny-kodak.png']
 
 
-def test_errors_are_one_line_messages(script, odd_dir, capsys, tmp_path):
+def test_errors_are_one_line_messages(eval_script, odd_dir, capsys, tmp_path):
     cases = [
         (['--model_args', "__import__('os').system('echo hacked')"], 'expected comma-separated KEY=VALUE'),
         (['--model_args', 'lmb_range=__import__("os")'], 'must be a Python literal'),
@@ -86,10 +78,10 @@ def test_errors_are_one_line_messages(script, odd_dir, capsys, tmp_path):
         (['--anchor', 'x265'], "anchor 'x265' is neither a file nor a shipped codec"),
     ]
     for argv, message in cases:
-        assert script.main(argv + ['--dataset_name', odd_dir] * ('--dataset_name' not in argv)) == 2, argv
+        assert eval_script.main(argv + ['--dataset_name', odd_dir] * ('--dataset_name' not in argv)) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith('error: ') and message in err, (argv, err)
-    assert script.main(['--model', 'rd_model_tiny', '--random-init', '--dataset_name', odd_dir]) == 2
+    assert eval_script.main(['--model', 'rd_model_tiny', '--random-init', '--dataset_name', odd_dir]) == 2
     err = capsys.readouterr().err
     assert 'truncated.png' in err and 'not-an-image.png' in err and 'Traceback' not in err
 
@@ -102,7 +94,7 @@ def one_image(kodak_dir, tmp_path_factory):
     return str(folder)
 
 
-def test_weights_with_and_without_config(script, one_image, tmp_path, capsys):
+def test_weights_with_and_without_config(eval_script, one_image, tmp_path, capsys):
     torch.manual_seed(3)
     model = lvae.get_model('rd_model_tiny', lmb_range=(16, 1024))
     with_config = tmp_path / 'with_config.pt'
@@ -112,7 +104,7 @@ def test_weights_with_and_without_config(script, one_image, tmp_path, capsys):
     save_checkpoint({'model': model.state_dict()}, bare)
     common = ['--dataset_name', one_image, '--steps', '2', '--device', 'cpu', '--no-progress']
 
-    assert script.main(['--weights', str(with_config), '--output', str(tmp_path / 'a.json')] + common) == 0
+    assert eval_script.main(['--weights', str(with_config), '--output', str(tmp_path / 'a.json')] + common) == 0
     a = json.loads((tmp_path / 'a.json').read_text())
     assert a['model'] == 'my_tiny' and a['weights_sha256'] == sha256_file(with_config)
     assert a['weights'] == 'with_config.pt'  # the file name; the sha256 identifies it
@@ -120,26 +112,26 @@ def test_weights_with_and_without_config(script, one_image, tmp_path, capsys):
     assert a['outside_lmb_range'] == [False, False]  # the grid's rounded ends are inside
     assert 'no vtm-18.0 anchor' in capsys.readouterr().out
 
-    assert script.main(['--model', 'rd_model_tiny', '--model_args', 'lmb_range=(16, 1024)', '--weights', str(bare),
-                        '--output', str(tmp_path / 'b.json')] + common) == 0
+    assert eval_script.main(['--model', 'rd_model_tiny', '--model_args', 'lmb_range=(16, 1024)', '--weights', str(bare),
+                             '--output', str(tmp_path / 'b.json')] + common) == 0
     b = json.loads((tmp_path / 'b.json').read_text())
     assert b['model'] == 'rd_model_tiny' and b['results']['bpp'] == pytest.approx(a['results']['bpp'], rel=1e-6)
 
-    assert script.main(['--model', 'rd_model_small', '--weights', str(bare)] + common) == 2
+    assert eval_script.main(['--model', 'rd_model_small', '--weights', str(bare)] + common) == 2
     assert 'do not fit' in capsys.readouterr().err
-    assert script.main(['--weights', str(with_config), '--model_args', 'smooth_mean=False'] + common) == 2
+    assert eval_script.main(['--weights', str(with_config), '--model_args', 'smooth_mean=False'] + common) == 2
     assert 'records its model config' in capsys.readouterr().err
     for other, fields in (('rd_model_small', 'dec_dims, dec_nums, enc_dims'), ('rd_model_tiny', 'lmb_range')):
-        assert script.main(['--model', other, '--weights', str(with_config)] + common) == 2    # another config
+        assert eval_script.main(['--model', other, '--weights', str(with_config)] + common) == 2    # another config
         err = capsys.readouterr().err
         assert f'holds a my_tiny whose config differs from {other} in {fields}' in err and 'drop --model' in err
 
 
-def test_padded_bpp_flag_and_samples(script, one_image, tmp_path):
+def test_padded_bpp_flag_and_samples(eval_script, one_image, tmp_path):
     common = ['--model', 'rd_model_tiny', '--random-init', '--dataset_name', one_image, '--lmb_range', '32', '256',
               '--steps', '2', '--device', 'cpu', '--no-progress']
-    assert script.main(common + ['--output', str(tmp_path / 'o.json')]) == 0
-    assert script.main(common + ['--output', str(tmp_path / 'p.json'), '--bpp_pixels', 'padded',
+    assert eval_script.main(common + ['--output', str(tmp_path / 'o.json')]) == 0
+    assert eval_script.main(common + ['--output', str(tmp_path / 'p.json'), '--bpp_pixels', 'padded',
                                  '--samples', '2']) == 0
     o, p = (json.loads((tmp_path / f).read_text()) for f in ('o.json', 'p.json'))
     assert p['bpp_pixels'] == 'padded' and p['samples'] == 2 and len(p['results']['bpp_std']) == 2
@@ -149,49 +141,49 @@ def test_padded_bpp_flag_and_samples(script, one_image, tmp_path):
     assert ratio == pytest.approx(128 * 128 / (70 * 100), rel=0.2)
 
 
-def test_an_output_that_cannot_be_written_fails_before_the_work(script, one_image, tmp_path, capsys):
+def test_an_output_that_cannot_be_written_fails_before_the_work(eval_script, one_image, tmp_path, capsys):
     """/proc, a folder, a path under a file: one line naming the path, before any image is evaluated."""
     (tmp_path / 'file').write_text('x')
     for out, words in [('/proc/x.json', 'cannot write /proc/x.json'), (str(tmp_path), 'is a folder; give a file name'),
                        (str(tmp_path / 'file' / 'r.json'), f'{tmp_path / "file"} is a file, not a folder')]:
-        assert script.main(['--model', 'rd_model_tiny', '--random-init', '--steps', '4', '--dataset_name', one_image,
-                            '--output', out, '--no-progress']) == 2
+        assert eval_script.main(['--model', 'rd_model_tiny', '--random-init', '--steps', '4', '--dataset_name',
+                                 one_image, '--output', out, '--no-progress']) == 2
         err = capsys.readouterr()
         assert err.err.startswith('error: ') and words in err.err and len(err.err.splitlines()) == 1, err.err
         assert 'images,' not in err.out   # the summary line of a finished evaluation
 
 
-def test_non_finite_weights_write_nothing(script, one_image, tmp_path, capsys):
+def test_non_finite_weights_write_nothing(eval_script, one_image, tmp_path, capsys):
     model = lvae.get_model('rd_model_tiny')
     state = model.state_dict()
     state['bias'][0, 0] = float('nan')
     torch.save({'model': state}, tmp_path / 'nan.pt')
     out = tmp_path / 'r.json'
-    assert script.main(['--model', 'rd_model_tiny', '--weights', str(tmp_path / 'nan.pt'), '--steps', '4',
-                        '--dataset_name', one_image, '--output', str(out), '--no-progress']) == 2
+    assert eval_script.main(['--model', 'rd_model_tiny', '--weights', str(tmp_path / 'nan.pt'), '--steps', '4',
+                             '--dataset_name', one_image, '--output', str(out), '--no-progress']) == 2
     err = capsys.readouterr().err
     assert "error: the model's weights hold non-finite values in 1 of" in err and '(bias)' in err
     assert sorted(os.listdir(tmp_path)) == ['nan.pt']   # no result, plot, temporary or lock file
 
 
-def test_the_optimal_channel_evaluates_like_a_model_and_lands_on_the_truth(script, tmp_path, capsys):
+def test_the_optimal_channel_evaluates_like_a_model_and_lands_on_the_truth(eval_script, tmp_path, capsys):
     """`--model gaussian-64-optimal --dataset_name gaussian-64`: no weights needed, every point on the true R(D),
     BD-rate against it within 1% (its interval too)."""
     out = tmp_path / 'o.json'
-    assert script.main(['--model', 'gaussian-64-optimal', '--dataset_name', 'gaussian-64', '--output', str(out),
-                        '--device', 'cpu', '--no-progress']) == 0
+    assert eval_script.main(['--model', 'gaussian-64-optimal', '--dataset_name', 'gaussian-64', '--output', str(out),
+                             '--device', 'cpu', '--no-progress']) == 0
     printed = capsys.readouterr()
     assert 'warning' not in printed.err and 'every point lies on the truth' in printed.out
     bd = json.loads(out.read_text())['bd_rate']['true-rd']['psnr_of_mean_mse']
     assert abs(bd['value']) < 1 and -1 < bd['interval'][0] < bd['interval'][1] < 1
 
 
-def test_refine_flag_records_the_refinement_and_bdrate_compares_it_with_the_plain_result(script, one_image,
+def test_refine_flag_records_the_refinement_and_bdrate_compares_it_with_the_plain_result(eval_script, one_image,
                                                                                           tmp_path, capsys):
     common = ['--model', 'rd_model_small', '--dataset_name', one_image, '--steps', '4', '--device', 'cpu',
               '--no-progress']
-    assert script.main(common + ['--output', str(tmp_path / 'plain.json')]) == 0
-    assert script.main(common + ['--output', str(tmp_path / 'refined.json'), '--refine', '3', '--refine-lr',
+    assert eval_script.main(common + ['--output', str(tmp_path / 'plain.json')]) == 0
+    assert eval_script.main(common + ['--output', str(tmp_path / 'refined.json'), '--refine', '3', '--refine-lr',
                                  '0.02']) == 0
     refined = json.loads((tmp_path / 'refined.json').read_text())
     assert refined['refine']['steps'] == 3 and refined['refine']['lr'] == 0.02
@@ -200,5 +192,5 @@ def test_refine_flag_records_the_refinement_and_bdrate_compares_it_with_the_plai
     assert bdrate_main([str(tmp_path / 'refined.json'), '--anchor', str(tmp_path / 'plain.json')]) == 0
     out = capsys.readouterr().out
     assert 'w.r.t. rd_model_small' in out and 'paired: plain.json resampled with the same images' in out
-    assert script.main(common + ['--refine', '-1']) == 2
+    assert eval_script.main(common + ['--refine', '-1']) == 2
     assert 'refinement needs steps >= 0' in capsys.readouterr().err

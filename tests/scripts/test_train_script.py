@@ -2,7 +2,6 @@
 and resume, a restarted torchrun worker, SIGTERM, and a run written by the earlier trainer continued."""
 import contextlib
 import glob
-import importlib.util
 import io
 import json
 import math
@@ -21,21 +20,17 @@ import lvae
 from lvae.data import ImageFolderCrops, load_image, reflect_pad_to
 from lvae.models import model_from_checkpoint, parse_model_args, registered_config
 from lvae.training import Recipe
+from lvae.training.run import EXIT_BAD_STEPS
 from lvae.training.runs import RunClaim, UsageError, find_run, repair_last_ema
+
+from conftest import load_script  # tests/conftest.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, 'train-var-rate.py')
 CKPTS = ('last.pt', 'last_ema.pt', 'best.pt')
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location('train_var_rate', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = load_script()
+train = load_script('train-var-rate')
 
 
 @pytest.fixture
@@ -140,7 +135,7 @@ def test_nonfinite_losses_stop_with_a_checkpoint(photos, valset, tmp_path):
     """An absurd LR blows the weights up: the non-finite updates are skipped, counted, and the run stops."""
     result = run(cli(photos, valset, tmp_path / 'runs', '--iterations', '30', '--eval_interval', '100',
                      '--lr', '1e30', '--max_bad_steps', '3', '--name', 'boom', '--no-ema'), timeout=300)
-    assert result.returncode == train.EXIT_BAD_STEPS, result.stderr[-2000:]
+    assert result.returncode == EXIT_BAD_STEPS, result.stderr[-2000:]
     assert '3 non-finite losses in a row' in result.stderr
     failed = load(tmp_path / 'runs' / 'lvae' / 'boom' / 'failed.pt')
     assert failed['counters']['bad_steps'] == 3 and failed['iter'] < 30

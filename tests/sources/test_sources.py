@@ -1,6 +1,5 @@
 """lvae.sources: reverse water-filling against closed forms, the samples against the covariance they should
 have, bounds against the truth (evaluate_bound, eval-var-rate.py, python -m lvae.bdrate), training on a source."""
-import importlib.util
 import json
 import math
 import os
@@ -97,13 +96,6 @@ def test_an_untrained_models_bound_lies_above_the_truth():
     assert curve['bpp'] == pytest.approx(src.rate_at_psnr(curve['psnr']).tolist())
 
 
-def script(name):
-    """A script of the repository as a module (its main(argv) runs it in this process)."""
-    spec = importlib.util.spec_from_file_location(name.replace('-', '_'), os.path.join(REPO, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_the_module_prints_the_true_rd(capsys):
     assert sources_main(['gaussian-64', '--psnr', '30', '35']) == 0
@@ -129,10 +121,11 @@ def test_an_unknown_dataset_name_lists_the_sources_too():
         resolve('nope')
 
 
-def test_eval_script_on_a_source_against_the_truth(tmp_path, capsys):
+def test_eval_script_on_a_source_against_the_truth(repo_script, tmp_path, capsys):
     out = tmp_path / 'r.json'
-    assert script('eval-var-rate').main(['--model', 'rd_model_tiny', '--random-init', '--dataset_name', 'gaussian-64',
-                                         '--steps', '4', '--output', str(out), '--device', 'cpu', '--no-progress']) == 0
+    evaluate = repo_script('eval-var-rate').main
+    assert evaluate(['--model', 'rd_model_tiny', '--random-init', '--dataset_name', 'gaussian-64', '--steps', '4',
+                     '--output', str(out), '--device', 'cpu', '--no-progress']) == 0
     printed = capsys.readouterr().out
     assert 'w.r.t. true R(D) of gaussian-64' in printed and 'every point lies above the truth' in printed
     data = json.loads(out.read_text())
@@ -144,8 +137,8 @@ def test_eval_script_on_a_source_against_the_truth(tmp_path, capsys):
     assert 'true R(D) of gaussian-64' in printed and 'every point lies above the truth' in printed
 
 
-def test_training_on_a_source_validates_against_the_truth(tmp_path, capsys):
-    assert script('train-var-rate').main([
+def test_training_on_a_source_validates_against_the_truth(repo_script, tmp_path, capsys):
+    assert repo_script('train-var-rate').main([
         '--model', 'rd_model_tiny', '--trainset', 'gaussian-64', '--valset', 'gaussian-64', '--val_images', '4',
         '--val_steps', '4', '--batch_size', '2', '--iterations', '4', '--eval_interval', '4', '--workers', '0',
         '--device', 'cpu', '--runs_root', str(tmp_path), '--name', 'g', '--fixseed']) == 0

@@ -21,7 +21,9 @@ from lvae.evaluation import (BPP_PIXELS, NOISE, InvalidImagesError, as_test_set,
                              evaluate_bound, lambda_grid)
 from lvae.evaluation.anchors import DEFAULT_ANCHOR, TRUE_RD, resolve_anchor_curve
 from lvae.evaluation.refine import AUTO, FIXED_LR, Convergence, Refinement
-from lvae.evaluation.outputs import check_output, check_settings, default_output, output_lock, write_pair
+from lvae.evaluation.journal import Journal
+from lvae.evaluation.outputs import (check_output, check_settings, default_output, journal_path, output_lock,
+                                     write_pair)
 from lvae.evaluation.report import partial_note, plot_result, report, result_record
 from lvae.evaluation.results import json_text
 from lvae.models import load_model, parse_model_args
@@ -135,7 +137,7 @@ def check_flags(args):
 
 def main(argv=None):
     args = get_args(argv)
-    out = args.output
+    out, journal = args.output, None
     try:
         with interruptible():
             check_flags(args)
@@ -150,15 +152,19 @@ def main(argv=None):
             if test.skipped and not args.skip_invalid:
                 raise InvalidImagesError(test.skipped)
             name = args.name or loaded.name
-            out = out or default_output(name, test.name, args.refine, args.samples, args.seed, args.bpp_pixels)
-            check_output(out)
+            if not out:
+                out = default_output(name, test.name, args.refine, args.samples, args.seed, args.bpp_pixels)
+                check_output(out)
             lambdas = lambda_grid(args.lmb_range or loaded.model.config.lmb_range, args.steps)
             check_settings(out, settings_of(args, loaded, test, lambdas), args.overwrite)
             with output_lock(out):
-                return evaluate(args, loaded, test, name, lambdas, out)
+                journal = Journal(journal_path(out), discard_other=args.overwrite)
+                return evaluate(args, loaded, test, name, lambdas, out, journal)
     except Interrupted as e:
-        print(f'\ninterrupted by {e.name}: nothing written{f" ({out} is as it was)" if out else ""}',
-              file=sys.stderr)
+        done = len(journal.entries) if journal is not None else 0
+        kept = f'{done} finished image(s) kept in {journal.path}: the same command resumes' if done else \
+            'nothing written'
+        print(f'\ninterrupted by {e.name}: {kept}{f" ({out} is as it was)" if out else ""}', file=sys.stderr)
         return 128 + e.signum
     except (ValueError, OSError, RuntimeError) as e:  # bad input, file or download: a message, no traceback
         print(f'error: {e}', file=sys.stderr)
@@ -173,8 +179,9 @@ def settings_of(args, loaded, test, lambdas):
             'amp': args.amp, 'noise': args.noise}
 
 
-def evaluate(args, loaded, test, name, lambdas, out):
-    """The evaluation itself: the bound, its report printed, then the JSON and its plot written together."""
+def evaluate(args, loaded, test, name, lambdas, out, journal):
+    """The evaluation itself: the bound (each image's figures kept in ``journal`` as it is done, or taken from it),
+    its report printed, then the JSON and its plot written together and the journal removed."""
     device = torch.device(args.device) if args.device else default_device()
     if args.device is None and device.type == 'cpu':
         print('note: no CUDA device found, evaluating on the CPU (slow for large models)', file=sys.stderr)
@@ -186,7 +193,7 @@ def evaluate(args, loaded, test, name, lambdas, out):
     result = evaluate_bound(model, test, lambdas, device=device, bpp_pixels=args.bpp_pixels,
                             samples=args.samples, seed=args.seed, skip_invalid=args.skip_invalid,
                             lmb_batch=args.lmb_batch, amp=args.amp, tf32_ok=args.tf32, noise=args.noise,
-                            progress=not args.no_progress, refine=refinement)
+                            progress=not args.no_progress, refine=refinement, journal=journal)
     for s in result['skipped']:
         print(f'skipped {s["file"]}: {s["reason"]}', file=sys.stderr)
     text, comparisons = report(result, test, args.anchor, name)
@@ -200,6 +207,7 @@ def evaluate(args, loaded, test, name, lambdas, out):
             f.write(record)
 
     json_path, png = write_pair(out, write_json, lambda tmp: plot_result(tmp, result, test, args.anchor, name))
+    journal.remove()
     print(f'wrote {json_path} and {png}')
     return 0
 

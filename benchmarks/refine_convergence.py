@@ -3,12 +3,16 @@
     python benchmarks/refine_convergence.py                 # the study model on draws of gaussian-64
     python benchmarks/refine_convergence.py --kodak DIR     # also rd_model_small on crops of two Kodak images
     python benchmarks/refine_convergence.py --no-rule ...   # the curves alone; --rule-only adds the rule to --out
+    python benchmarks/refine_convergence.py --kodak DIR --kodak-only   # adds the Kodak curves to --out
+    python benchmarks/refine_convergence.py --photos DIR --windows-only   # adds the rule's window compared to --out
 
 Part 1 (curves): for each setting (Adam at a fixed learning rate; the ``auto`` rule), the loss that the bound
 measures (a fresh draw with the evaluation's seeds: nats per dimension + lambda x MSE in [-1, 1], mean over the
 images) at a low, a middle and a high lambda, every few steps up to ``--steps``. Part 2 (the rule against a fixed
 budget): ``evaluate_bound(..., refine='auto')`` against ``refine=1500`` on the same draws: the loss per lambda and the
-time. Prints tables; writes ``benchmarks/results/refine_convergence.json`` and ``.png`` (the curves).
+time. Part 3 (the rule's window): ``auto`` with windows of 10 and 20 steps on data it was not checked on (fresh draws
+of the source; crops of two training photographs with rd_model_small). Prints tables; writes
+``benchmarks/results/refine_convergence.json`` and ``.png`` (the curves).
 """
 import argparse
 import contextlib
@@ -26,12 +30,13 @@ sys.path.insert(0, REPO)
 
 from lvae.evaluation import evaluate_bound  # noqa: E402
 from lvae.evaluation.bound import noise_from  # noqa: E402
-from lvae.evaluation.refine import Refinement, posterior_offsets, refine_posteriors  # noqa: E402
+from lvae.evaluation.refine import Convergence, Refinement, posterior_offsets, refine_posteriors  # noqa: E402
 from lvae.evaluation.results import save_json  # noqa: E402
 from lvae.models import load_model  # noqa: E402
 from lvae.sources import get_source  # noqa: E402
 
 STUDY = os.path.join(REPO, 'results', 'gaussian-64-study', 'rd_model_tiny.pt')
+KODAK = 'kodak crops, rd_model_small'
 CHECKPOINTS = (0, 5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1250, 1500, 2000, 3000)
 
 
@@ -120,6 +125,43 @@ def part_rule(model, images, lambdas):
     return {'lambdas': lambdas, 'images': len(images), **rows, 'relative_gap': gap, 'time_ratio': ratio}
 
 
+def part_windows(study, source, photos, windows=(10, 20)):
+    """``auto`` with each window (the rest of the rule at its defaults), against the default window: loss, time and
+    steps on 6 fresh draws of the source (the study model, the 6 default lambdas) and on 256x256 crops of two
+    training photographs (rd_model_small, lambdas 16, 128, 1024)."""
+    from lvae.data import load_image
+    small = load_model('rd_model_small').model.eval()
+    crops = torch.stack([load_image(os.path.join(photos, f))[:, :256, :256] for f in ('001.png', '002.png')])
+    cases = {'gaussian-64, 6 fresh draws (seed 123), rd_model_tiny (study)':
+             (study, source.sample(6, torch.Generator().manual_seed(123)), study.default_lambdas(6)),
+             'photos 001 and 002, 256x256 crops, rd_model_small': (small, crops, [16.0, 128.0, 1024.0])}
+    out = {}
+    for label, (model, images, lambdas) in cases.items():
+        rows = {}
+        for window in windows:
+            refinement = Refinement('auto', rule=Convergence(window=window))
+            res = evaluate_bound(model, images, lambdas=lambdas, device='cpu', progress=False, refine=refinement)
+            rows[window] = {'loss': objective(res).tolist(), 'seconds': res['seconds'],
+                            'steps': sorted({s for r in res['per_image'] for s in r['refine_steps']})}
+        base = rows[Convergence.window]['loss']
+        for window, row in rows.items():
+            row['relative_to_default'] = [a / b - 1 for a, b in zip(row['loss'], base)]
+            print(f'{label}, window {window}: {row["seconds"]:.0f} s, steps {row["steps"]}, loss against window '
+                  f'{Convergence.window}: ' + ', '.join(f'{100 * g:+.2f}%' for g in row['relative_to_default']),
+                  flush=True)
+        out[label] = {'lambdas': [float(v) for v in lambdas], 'windows': rows}
+    return out
+
+
+def kodak_curves(folder, settings, steps):
+    """The curves of rd_model_small on two 256x256 crops of Kodak images (kodim05, kodim19)."""
+    from lvae.data import load_image
+    small = load_model('rd_model_small').model.eval()
+    crops = torch.stack([load_image(os.path.join(folder, f))[:, 128:384, 256:512]
+                         for f in ('kodim05.png', 'kodim19.png')])
+    return part_curves('kodak', small, crops, [16.0, 128.0, 1024.0], settings, steps)
+
+
 def plot(path, parts):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -155,6 +197,9 @@ def main():
     p.add_argument('--auto-lrs', type=float, nargs='+', default=[0.01, 0.03], help="'auto' from these rates")
     p.add_argument('--no-rule', action='store_true', help='only the curves')
     p.add_argument('--rule-only', action='store_true', help='only the rule against 1500 steps (merged into --out)')
+    p.add_argument('--kodak-only', action='store_true', help='only the Kodak curves (merged into --out)')
+    p.add_argument('--windows-only', action='store_true', help="only the rule's window compared (merged into --out)")
+    p.add_argument('--photos', default=None, help='the training photographs folder (for --windows-only)')
     p.add_argument('--plot-only', action='store_true', help='redraw the plot of --out')
     p.add_argument('--kodak', default=None, help='a Kodak folder: also rd_model_small on two 256x256 crops')
     p.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results', 'refine_convergence.json'))
@@ -166,12 +211,23 @@ def main():
     torch.set_grad_enabled(False)
     settings = [(f'lr {lr:g}', Refinement(args.steps, lr)) for lr in args.lrs] + \
         [(f'auto from {lr:g}', Refinement('auto', lr)) for lr in args.auto_lrs]
+    if args.kodak_only and not args.kodak:
+        p.error('--kodak-only needs --kodak DIR')
+    if args.windows_only and not args.photos:
+        p.error('--windows-only needs --photos DIR')
     model = load_model(weights=STUDY).model.eval()
     source = get_source('gaussian-64')
-    if args.rule_only:
+    if args.rule_only or args.kodak_only or args.windows_only:
         with open(args.out) as f:
             record = json.load(f)
-        record['rule_vs_1500'] = part_rule(model, source.held_out()[:args.rule_images], model.default_lambdas(6))
+        if args.rule_only:
+            record['rule_vs_1500'] = part_rule(model, source.held_out()[:args.rule_images], model.default_lambdas(6))
+        if args.windows_only:
+            record['rule_windows'] = part_windows(model, source, args.photos)
+        if args.kodak_only:
+            record['curves'][KODAK] = kodak_curves(args.kodak, settings, args.steps)
+            plot(os.path.splitext(args.out)[0] + '.png', record['curves'])
+        record.setdefault('commands', []).append(' '.join(['python', *sys.argv]))
         save_json(args.out, record)
         return
     parts = {}
@@ -179,12 +235,7 @@ def main():
     parts['gaussian-64, rd_model_tiny (study)'] = part_curves('gaussian-64', model, source.held_out()[:args.images],
                                                              lambdas, settings, args.steps)
     if args.kodak:
-        from lvae.data import load_image
-        small = load_model('rd_model_small').model.eval()
-        crops = torch.stack([load_image(os.path.join(args.kodak, f))[:, 128:384, 256:512]
-                             for f in ('kodim05.png', 'kodim19.png')])
-        parts['kodak crops, rd_model_small'] = part_curves('kodak', small, crops, [16.0, 128.0, 1024.0], settings,
-                                                           args.steps)
+        parts[KODAK] = kodak_curves(args.kodak, settings, args.steps)
     rule = None if args.no_rule else part_rule(model, source.held_out()[:args.rule_images], model.default_lambdas(6))
     record = {'curves': parts, 'rule_vs_1500': rule, 'torch': torch.__version__, 'threads': torch.get_num_threads()}
     save_json(args.out, record)

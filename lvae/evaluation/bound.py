@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lvae import accel
+from lvae.evaluation.journal import Journal, image_digest, journal_settings
 from lvae.evaluation.refine import Refinement, posterior_offsets, refine_posteriors
 from lvae.evaluation.results import dataset_curves, psnr
 from lvae.evaluation.testsets import as_test_set
@@ -223,7 +224,7 @@ def _leaves_model_as_found(evaluate):
 @_leaves_model_as_found
 def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixels='original', samples=1,
                    seed=0, skip_invalid=False, lmb_batch='auto', amp=None, tf32_ok=False, noise='device',
-                   progress=True, refine=None):
+                   progress=True, refine=None, journal=None):
     """Estimate the model's R(D) bound on ``images``: a :class:`~lvae.evaluation.testsets.TestSet`, or what
     :func:`~lvae.evaluation.testsets.as_test_set` resolves into one (a dataset name, a folder, a list of files, a
     source's name or an (N, 3, H, W) image tensor in [0, 1]).
@@ -241,6 +242,10 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     a number of steps, ``'auto'`` (until converged) or a :class:`~lvae.evaluation.refine.Refinement`); a tighter bound
     from the same weights, recorded in the result's ``refine`` with the steps taken per image and lambda
     (``per_image[].refine_steps``).
+    journal: a file path (or a :class:`~lvae.evaluation.journal.Journal`) where each image's figures are written as
+    it is done; an evaluation of the same settings given the same journal takes the images it holds from it and
+    evaluates the rest, with the numbers of one run through (``resumed`` in the result counts them). It stays
+    after the call: remove it once the result is saved.
     The model runs in its :func:`lvae.accel.prepare` form for ``device`` (same numbers) and is given back as
     it came: device, memory format, ``training`` flag, blocks.
 
@@ -277,13 +282,19 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     refinement = Refinement(refine) if isinstance(refine, (int, str)) else refine
     refinement = refinement if refinement is not None and refinement.steps else None  # 0 steps: the plain bound
     device = torch.device(device) if device is not None else default_device()
+    if journal is not None:  # the weights' digest before accel.prepare: its forms differ between machines
+        journal = journal if isinstance(journal, Journal) else Journal(journal)
+        held = journal.start(journal_settings(model, lambdas, samples, seed, refinement, amp, noise, device,
+                                              tf32_ok and device.type == 'cuda'))
+        if held and progress:
+            tqdm.write(f'resuming: {journal.path} holds {held} of the {len(test)} images')
     model = accel.prepare(model, device).eval()
     sizer = _BatchSizer(device, lmb_batch)
 
     L, K = len(lambdas), int(samples)
     all_bpp, all_mse = np.empty((K, len(test), L)), np.empty((K, len(test), L))
     per_image = []
-    t0 = time.time()
+    t0, resumed, earlier = time.time(), 0, 0.0  # earlier: the seconds of the images taken from the journal
     bar = tqdm(range(len(test)), desc='bound, refined' if refinement else 'bound', unit='img', disable=not progress,
                dynamic_ncols=True)
     for i in bar:
@@ -297,16 +308,25 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
             hint = ' (fewer lambdas per forward: --lmb-batch 1)' if per_forward > 1 else ''
             warnings.warn(f'{name} ({w}x{h}): one forward takes about {need / 2 ** 30:.1f} GiB of memory on top of '
                           f'the model{hint}', stacklevel=3)
-        seeds = [_seed(seed, k, i, j) for k in range(K) for j in range(L)]
-        refine_seeds = [_seed(seed, k, i, j, REFINE_STREAM) for k in range(K) for j in range(L)]
-        steps = np.zeros(L * K, dtype=np.int64)
-        with tf32(tf32_ok):
-            bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp, noise=noise,
-                                       refinement=refinement, refine_seeds=refine_seeds, refine_steps=steps)
+        digest = image_digest(im) if journal is not None else None
+        figures = journal.done(i, name, digest) if journal is not None else None
+        if figures is not None:
+            bits, mse, steps = figures['bits'], figures['mse'], figures['steps']
+            resumed, earlier = resumed + 1, earlier + figures['seconds']
+        else:
+            t1 = time.time()
+            seeds = [_seed(seed, k, i, j) for k in range(K) for j in range(L)]
+            refine_seeds = [_seed(seed, k, i, j, REFINE_STREAM) for k in range(K) for j in range(L)]
+            steps = np.zeros(L * K, dtype=np.int64)
+            with tf32(tf32_ok):
+                bits, mse = bound_of_image(model, im, lambdas * K, seeds, sizer=sizer, amp=amp, noise=noise,
+                                           refinement=refinement, refine_seeds=refine_seeds, refine_steps=steps)
         if not (np.isfinite(bits).all() and np.isfinite(mse).all()):
             at = [round(v, 4) for v, b, m in zip(lambdas * K, bits, mse) if not np.isfinite(b + m)]
             raise ValueError(f'{name}: the model gave a non-finite rate or distortion at lambda {at[:4]}; no result '
                              f'is written')
+        if journal is not None and figures is None:
+            journal.add(i, name, digest, bits, mse, steps, time.time() - t1)
         all_bpp[:, i], all_mse[:, i] = (bits / pixels).reshape(K, L), mse.reshape(K, L)
         img_bpp, img_psnr = all_bpp[:, i].mean(0), psnr(all_mse[:, i]).mean(0)
         per_image.append({'file': name, 'height': h, 'width': w, 'bpp': img_bpp.tolist(),
@@ -326,5 +346,6 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         'skipped': [{'file': os.path.basename(e.path), 'reason': e.reason} for e in test.skipped],
         'test_set': test.name, 'num_images': len(test), 'samples': K, 'seed': seed, 'bpp_pixels': bpp_pixels,
         'device': str(device), 'amp': amp, 'tf32': bool(tf32_ok and device.type == 'cuda'), 'noise': noise,
-        'refine': refinement.record(seed) if refinement else None, 'seconds': time.time() - t0,
+        'refine': refinement.record(seed) if refinement else None, 'seconds': earlier + time.time() - t0,
+        **({'resumed': resumed} if journal is not None else {}),
     }

@@ -6,6 +6,8 @@
   be a result; an existing plot must be one that lvae drew or sit beside a result.
 - A result of other settings (model, weights, images, lambdas, draws, seed, refinement, precision) is never
   replaced without ``overwrite``; two evaluations never write one output at once (a lock held while one works).
+- Each image's figures go to a journal beside the output as they are done (``.<name>.json.journal``): an evaluation
+  stopped part way resumes from it when run again with the same settings; it is removed once the result is written.
 - The JSON and its plot are written whole to temporary files, then both renamed: a failure (a full disk) or a
   signal leaves the previous pair as it was and no temporary file.
 """
@@ -41,6 +43,11 @@ def default_output(name, test_set, refine=0, samples=1, seed=0, bpp_pixels='orig
     if bpp_pixels != 'original':
         parts.append(f'{bpp_pixels}-pixels')
     return os.path.join(folder, '-'.join(parts).replace(os.sep, '_') + '.json')
+
+
+def journal_path(out):
+    """The journal of an evaluation writing ``out`` (:mod:`lvae.evaluation.journal`): hidden beside it."""
+    return os.path.join(os.path.dirname(os.path.abspath(out)), '.' + os.path.basename(out) + '.journal')
 
 
 def plot_path(out):

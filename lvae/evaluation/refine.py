@@ -16,7 +16,7 @@ saw: the refined channel is a function of the image (and of the optimisation's o
 image), so its KL estimate is unbiased and the point stays an upper bound (docs/evaluation.md, "Refinement").
 """
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -33,9 +33,10 @@ FIXED_LR = 0.01  # the learning rate of a fixed number of steps (``refine=N``)
 class Refinement:
     """How posteriors are refined: ``steps`` Adam steps at learning rate ``lr`` (0 steps: the plain bound; ``lr``
     default :data:`FIXED_LR`), or ``steps='auto'``: from ``lr`` (default :attr:`Convergence.lr`) until converged, by
-    the rule of :class:`Convergence`."""
+    ``rule`` (default: :class:`Convergence`'s defaults)."""
     steps: object
     lr: float = None
+    rule: 'Convergence' = None
     max_lr = 1.0  # an Adam step moves each offset by about lr: more than 1 throws a posterior far from the data
 
     def __post_init__(self):
@@ -43,7 +44,10 @@ class Refinement:
             if isinstance(self.steps, bool) or not str(self.steps).isdigit():  # a whole number >= 0
                 raise ValueError(f"refinement needs steps >= 0 or 'auto', got steps {self.steps!r}")
             self.steps = int(self.steps)
-        self.lr = float(self.lr if self.lr is not None else Convergence.lr if self.steps == AUTO else FIXED_LR)
+            if self.rule is not None:
+                raise ValueError(f'a convergence rule goes with steps=\'auto\', not steps={self.steps}')
+        self.rule = self.rule or (Convergence() if self.steps == AUTO else None)
+        self.lr = float(self.lr if self.lr is not None else self.rule.lr if self.rule else FIXED_LR)
         if not 0 < self.lr <= self.max_lr:
             raise ValueError(f'refinement needs 0 < lr <= {self.max_lr:g}, got lr {self.lr}')
 
@@ -53,9 +57,10 @@ class Refinement:
 
     def record(self, seed):
         """What a result records of the refinement."""
-        rule = {'rule': asdict(Convergence())} if self.auto else {}
-        return {**asdict(self), **rule, 'parametrisation': PARAMETRISATION, 'optimiser': 'Adam', 'seed': seed,
-                'draws': 'the bound from a fresh draw with the evaluation seeds, not those of the optimisation'}
+        rule = {'rule': asdict(self.rule)} if self.auto else {}
+        return {'steps': self.steps, 'lr': self.lr, **rule, 'parametrisation': PARAMETRISATION, 'optimiser': 'Adam',
+                'seed': seed, 'draws': 'the bound from a fresh draw with the evaluation seeds, not those of the '
+                                      'optimisation'}
 
 
 @dataclass
@@ -140,7 +145,7 @@ def refine_posteriors(model, padded, im, lmb, refinement, noise, amp=None, on_st
     dims = im.shape[1] * h * w
     offsets = [None] * len(latent_blocks(model))
     autocast = torch.autocast(padded.device.type, dtype=torch.bfloat16, enabled=amp == 'bf16')
-    rule = Convergence() if refinement.auto else None
+    rule = replace(refinement.rule) if refinement.auto else None  # a fresh count for these images
     with frozen(model), torch.enable_grad(), posterior_offsets(model, offsets):
         with torch.no_grad(), autocast:
             emb, features, bhw = model.encode(padded, lmb)

@@ -135,3 +135,16 @@ def test_auto_refinement_lowers_the_loss_and_records_its_rule_and_steps(model, i
     assert auto['refine']['rule']['tol'] == Convergence.tol
     steps = [s for r in auto['per_image'] for s in r['refine_steps']]
     assert all(4 * Convergence.window <= s <= Convergence.max_steps for s in steps), steps
+
+
+def test_a_given_rule_decides_when_auto_stops_and_is_recorded(model, images):
+    with pytest.raises(ValueError, match="a convergence rule goes with steps='auto', not steps=30"):
+        Refinement(30, rule=Convergence())
+    short = Refinement('auto', rule=Convergence(window=2, tol=1.0, max_steps=100))   # every window a plateau
+    assert short.lr == Convergence.lr and short.record(0)['rule']['window'] == 2
+    taken = []
+    im = images[:1]
+    refine_posteriors(model, pad_to_multiple(im), im, torch.tensor([64.0]), short, noise_from([torch.Generator()]),
+                      on_step=lambda step, *_: taken.append(step))
+    assert taken[-1] == 4 * 2   # the second window's gain cuts, two more cuts, then it stops
+    assert short.rule.steps == 0   # the rule given is a template: each refinement counts afresh

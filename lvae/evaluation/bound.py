@@ -301,19 +301,19 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         name, im = test.image(i)
         h, w = im.shape[1:]
         pixels = pixel_count(h, w, bpp_pixels)
-        padded = pixel_count(h, w, 'padded')
-        per_forward = sizer.size(L * K, padded)
-        need = forward_bytes(model.config, padded, per_forward) if hasattr(model.config, 'enc_dims') else 0
-        if need > LARGE_FORWARD:  # (a source's optimal channel has no widths: it holds no activations)
-            hint = ' (fewer lambdas per forward: --lmb-batch 1)' if per_forward > 1 else ''
-            warnings.warn(f'{name} ({w}x{h}): one forward takes about {need / 2 ** 30:.1f} GiB of memory on top of '
-                          f'the model{hint}', stacklevel=3)
         digest = image_digest(im) if journal is not None else None
         figures = journal.done(i, name, digest) if journal is not None else None
         if figures is not None:
             bits, mse, steps = figures['bits'], figures['mse'], figures['steps']
             resumed, earlier = resumed + 1, earlier + figures['seconds']
         else:
+            padded = pixel_count(h, w, 'padded')
+            per_forward = sizer.size(L * K, padded)
+            need = forward_bytes(model.config, padded, per_forward) if hasattr(model.config, 'enc_dims') else 0
+            if need > LARGE_FORWARD:  # (a source's optimal channel has no widths: it holds no activations)
+                hint = ' (fewer lambdas per forward: --lmb-batch 1)' if per_forward > 1 else ''
+                warnings.warn(f'{name} ({w}x{h}): one forward takes about {need / 2 ** 30:.1f} GiB of memory on top '
+                              f'of the model{hint}', stacklevel=3)
             t1 = time.time()
             seeds = [_seed(seed, k, i, j) for k in range(K) for j in range(L)]
             refine_seeds = [_seed(seed, k, i, j, REFINE_STREAM) for k in range(K) for j in range(L)]

@@ -45,9 +45,14 @@ def default_output(name, test_set, refine=0, samples=1, seed=0, bpp_pixels='orig
     return os.path.join(folder, '-'.join(parts).replace(os.sep, '_') + '.json')
 
 
+def hidden_beside(out, suffix):
+    """``.<name><suffix>`` in the folder of ``out``: the lock and the journal of an evaluation writing it."""
+    return os.path.join(os.path.dirname(os.path.abspath(out)), '.' + os.path.basename(out) + suffix)
+
+
 def journal_path(out):
-    """The journal of an evaluation writing ``out`` (:mod:`lvae.evaluation.journal`): hidden beside it."""
-    return os.path.join(os.path.dirname(os.path.abspath(out)), '.' + os.path.basename(out) + '.journal')
+    """The journal of an evaluation writing ``out`` (:mod:`lvae.evaluation.journal`)."""
+    return hidden_beside(out, '.journal')
 
 
 def plot_path(out):
@@ -118,7 +123,7 @@ def output_lock(out):
     """Hold ``out`` for one evaluation: a second one asking for it meanwhile gets :class:`OutputError` naming the
     process. The lock (``.<name>.lock`` beside it, a POSIX lock) is released and removed at the block's end, and
     released by the system when a process dies."""
-    lock = os.path.join(os.path.dirname(os.path.abspath(out)), '.' + os.path.basename(out) + '.lock')
+    lock = hidden_beside(out, '.lock')
     try:
         os.makedirs(os.path.dirname(lock), exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)

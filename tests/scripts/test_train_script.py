@@ -277,6 +277,7 @@ def wait_for_iteration(log_path, total, at_least, proc, timeout=300):
     raise AssertionError(f'the run did not reach iteration {at_least}: ' + open(log_path).read()[-2000:])
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_update_writes_last_pt_and_resume_finishes(photos, valset, tmp_path):
     """SIGTERM to the whole process group (loader workers included) between checkpoints: the update finishes,
     last.pt and last_ema.pt hold its iteration, the exit status is 143 without a traceback; --resume ends the run."""

@@ -15,7 +15,6 @@ from lvae.evaluation import evaluate_bound
 from lvae.evaluation.journal import Journal, JournalError
 
 
-
 @pytest.fixture(scope='module')
 def model():
     torch.manual_seed(0)
@@ -92,7 +91,6 @@ def test_other_pixels_under_a_journalled_name_are_evaluated_again(model, images,
     changed[1, 0, 0, 0] = 1 - changed[1, 0, 0, 0]
     calls = counting(monkeypatch)
     assert run(model, changed, journal=journal)['resumed'] == 2 and len(calls) == 1
-
 
 
 def test_the_same_command_resumes_an_interrupted_evaluation_and_then_removes_its_journal(eval_script, tmp_path,

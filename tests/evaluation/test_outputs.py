@@ -19,8 +19,6 @@ from lvae.evaluation.outputs import (OutputError, check_output, default_output, 
 from lvae.evaluation.results import dataset_curves, per_image_figures
 
 
-
-
 @pytest.fixture()
 def images(tmp_path):
     """A folder of two small images."""

@@ -15,7 +15,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = os.path.join(REPO, 'eval-var-rate.py')
 
 
-
 @pytest.fixture(scope='module')
 def kodak3(kodak_dir, tmp_path_factory):
     """A folder named 'kodak' with 3 of the Kodak images (links), so the Kodak anchor applies."""

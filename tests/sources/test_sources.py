@@ -96,7 +96,6 @@ def test_an_untrained_models_bound_lies_above_the_truth():
     assert curve['bpp'] == pytest.approx(src.rate_at_psnr(curve['psnr']).tolist())
 
 
-
 def test_the_module_prints_the_true_rd(capsys):
     assert sources_main(['gaussian-64', '--psnr', '30', '35']) == 0
     out = capsys.readouterr().out

@@ -14,6 +14,8 @@ import os
 import numpy as np
 import torch
 
+from lvae.evaluation.results import atomic_path
+
 VERSION = 1
 
 
@@ -68,12 +70,11 @@ class Journal:
                                    f'discard it, or choose another --output')
             lines = []
         self.entries = {e['index']: e for e in lines[1:] if isinstance(e, dict) and 'index' in e}
-        with open(self.path + '.tmp', 'w') as f:  # rewritten whole: a line cut short by a kill is dropped
+        with atomic_path(self.path) as tmp, open(tmp, 'w') as f:  # rewritten whole: a line cut short is dropped
             for line in [{'settings': settings}, *self.entries.values()]:
                 f.write(json.dumps(line) + '\n')
             f.flush()
             os.fsync(f.fileno())
-        os.replace(self.path + '.tmp', self.path)
         return len(self.entries)
 
     def done(self, index, name, digest):
@@ -97,9 +98,8 @@ class Journal:
         self.entries[index] = entry
 
     def remove(self):
-        for path in (self.path, self.path + '.tmp'):
-            if os.path.lexists(path):
-                os.remove(path)
+        if os.path.lexists(self.path):
+            os.remove(self.path)
 
     def _read(self):
         try:

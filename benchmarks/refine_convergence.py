@@ -17,7 +17,6 @@ of the source; crops of two training photographs with rd_model_small). Prints ta
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ sys.path.insert(0, REPO)
 from lvae.evaluation import evaluate_bound  # noqa: E402
 from lvae.evaluation.bound import noise_from  # noqa: E402
 from lvae.evaluation.refine import Convergence, Refinement, posterior_offsets, refine_posteriors  # noqa: E402
-from lvae.evaluation.results import save_json  # noqa: E402
+from lvae.evaluation.results import mean_objective, save_json  # noqa: E402
 from lvae.models import load_model  # noqa: E402
 from lvae.sources import get_source  # noqa: E402
 
@@ -76,13 +75,6 @@ def curve(model, images, lambdas, refinement, steps):
     return {'steps': sorted(points), 'loss': [points[k] for k in sorted(points)], 'taken': taken[-1] if taken else 0}
 
 
-def objective(result):
-    """Per lambda, the mean over images of nats per dimension + lambda x MSE in [-1, 1] of an evaluate_bound result."""
-    bpp = np.array([r['bpp'] for r in result['per_image']])
-    mse = np.array([r['mse'] for r in result['per_image']])
-    return (bpp * math.log(2) / 3 + np.array(result['lambdas']) * 4 * mse).mean(0)
-
-
 def part_curves(label, model, images, lambdas, settings, steps):
     out = {}
     for name, refinement in settings:
@@ -111,7 +103,7 @@ def part_rule(model, images, lambdas):
     rows = {}
     for name, refine in (('auto', 'auto'), ('1500', 1500)):
         res = evaluate_bound(model, images, lambdas=lambdas, device='cpu', progress=False, refine=refine)
-        rows[name] = {'loss': objective(res).tolist(), 'seconds': res['seconds'],
+        rows[name] = {'loss': mean_objective(res).tolist(), 'seconds': res['seconds'],
                       'steps': [r.get('refine_steps') for r in res['per_image']]}
         print(f'refine={name}: {res["seconds"]:.1f} s, loss ' + ', '.join(f'{v:.5f}' for v in rows[name]['loss']),
               flush=True)
@@ -141,7 +133,7 @@ def part_windows(study, source, photos, windows=(10, 20)):
         for window in windows:
             refinement = Refinement('auto', rule=Convergence(window=window))
             res = evaluate_bound(model, images, lambdas=lambdas, device='cpu', progress=False, refine=refinement)
-            rows[window] = {'loss': objective(res).tolist(), 'seconds': res['seconds'],
+            rows[window] = {'loss': mean_objective(res).tolist(), 'seconds': res['seconds'],
                             'steps': sorted({s for r in res['per_image'] for s in r['refine_steps']})}
         base = rows[Convergence.window]['loss']
         for window, row in rows.items():
@@ -165,7 +157,7 @@ def kodak_curves(folder, settings, steps):
 def plot(path, parts):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from lvae.evaluation.results import atomic_path
+    from lvae.evaluation.plotting import save_figure
     fig = Figure(figsize=(5 * len(parts), 4.2), dpi=110)
     FigureCanvasAgg(fig)
     for k, (label, part) in enumerate(parts.items()):
@@ -183,9 +175,7 @@ def plot(path, parts):
         ax.set_title(label, fontsize=9)
         ax.grid(True, alpha=0.4)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png')
+    save_figure(fig, path)
 
 
 def main():

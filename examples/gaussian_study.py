@@ -166,11 +166,8 @@ def rate_by_stage(labels):
 
 def save_png(fig, path):
     """Lay out ``fig`` and write it to ``path`` as a PNG, atomically."""
-    from lvae.evaluation.results import atomic_path
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png')
-    print(f'wrote {path}')
+    from lvae.evaluation.plotting import save_figure
+    print(f'wrote {save_figure(fig, path)}')
 
 
 def plot(out, study):

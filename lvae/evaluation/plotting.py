@@ -34,7 +34,13 @@ def plot_rd(path, curves, reference=None, title=''):
     ax.set_title(title)
     ax.grid(True, alpha=0.4)
     ax.legend(loc='lower right', fontsize=8)
+    return save_figure(fig, path, software=PLOT_SOFTWARE)
+
+
+def save_figure(fig, path, software=None):
+    """Lay out the matplotlib ``fig`` and write it to ``path`` as a PNG (a temporary file, then renamed), with
+    ``software`` as its 'Software' text when given; returns ``path``."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png', metadata={'Software': PLOT_SOFTWARE})
+        fig.savefig(tmp, format='png', **({'metadata': {'Software': software}} if software else {}))
     return path

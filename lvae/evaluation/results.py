@@ -74,6 +74,18 @@ def per_image_figures(data):
     return bpp, img_psnr, mse
 
 
+def mean_objective(result):
+    """Per lambda (L,), the objective that training and refinement minimise, at a bound result's points, the mean
+    over its images: the rate in nats per dimension (bpp x ln 2 / 3) plus lambda times the MSE in the [-1, 1] scale
+    (4 x the [0, 1] MSE). Needs per-image figures with bpp per original pixel (the default ``bpp_pixels``)."""
+    figures = per_image_figures(result)
+    if figures is None or result.get('bpp_pixels', 'original') != 'original':
+        raise ValueError('the objective needs per-image figures with bpp per original pixel, got '
+                         f"{'none' if figures is None else 'bpp_pixels ' + repr(result['bpp_pixels'])}")
+    bpp, _, mse = figures
+    return (bpp * np.log(2) / 3 + np.asarray(result['lambdas'], dtype=np.float64) * 4 * mse).mean(0)
+
+
 def dataset_record(name, paths):
     """What was evaluated, without the machine's paths: ``{'name', 'files': [{'file', 'bytes', 'sha256'}]}``."""
     return {'name': name, 'files': [{'file': os.path.basename(p), 'bytes': os.path.getsize(p),

@@ -16,7 +16,7 @@ from lvae.evaluation import intervals as intervals_module
 from lvae.evaluation.intervals import bootstrap
 from lvae.evaluation.outputs import (OutputError, check_output, default_output, drawn_by_lvae, output_lock,
                                      write_pair)
-from lvae.evaluation.results import dataset_curves, per_image_figures
+from lvae.evaluation.results import dataset_curves, mean_objective, per_image_figures
 
 
 @pytest.fixture()
@@ -214,6 +214,17 @@ def test_non_finite_per_image_figures_are_named(tmp_path, capsys):
     (tmp_path / 'nan.json').write_text(json.dumps(data))
     assert bdrate_main([str(tmp_path / 'nan.json'), '--anchor', 'vtm-18.0', '--dataset', 'kodak']) == 2
     assert 'per_image[1] (y.png) has a non-finite bpp at point 2' in capsys.readouterr().err
+
+
+def test_the_objective_of_a_result_is_nats_per_dimension_plus_lambda_times_mse_in_the_minus_one_to_one_scale():
+    rows = [{'file': 'x.png', 'bpp': [3.0, 0.0], 'psnr': [40.0, 20.0], 'mse': [1e-4, 1e-2]},
+            {'file': 'y.png', 'bpp': [0.0, 3.0], 'psnr': [20.0, 40.0], 'mse': [1e-2, 1e-4]}]
+    result = {'per_image': rows, 'lambdas': [2.0, 10.0], 'bpp_pixels': 'original'}
+    # 3 bits per pixel are ln 2 nats per dimension (3 per pixel); an MSE m in [0, 1] is 4 m in [-1, 1]
+    np.testing.assert_allclose(mean_objective(result), [(np.log(2) + 2 * 4 * 1.01e-2) / 2,
+                                                        (np.log(2) + 10 * 4 * 1.01e-2) / 2])
+    with pytest.raises(ValueError, match="bpp_pixels 'padded'"):
+        mean_objective({**result, 'bpp_pixels': 'padded'})
 
 
 def test_interrupted_names_its_signal():

@@ -4,7 +4,6 @@ model refines as the reference does, and the model is given back as it came."""
 import copy
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,6 +12,7 @@ from lvae import accel
 from lvae.evaluation import evaluate_bound
 from lvae.evaluation.bound import noise_from, pad_to_multiple
 from lvae.evaluation.refine import FIXED_LR, Convergence, Refinement, latent_blocks, refine_posteriors
+from lvae.evaluation.results import mean_objective
 from lvae.models import load_model
 from lvae.sources import get_source
 
@@ -34,17 +34,10 @@ def images():
     return get_source('gaussian-64').held_out()[:4]
 
 
-def mean_loss(result):
-    """Per lambda: rate (nats per dimension) + lambda * MSE in the [-1, 1] scale, the mean over images."""
-    bpp = np.array([r['bpp'] for r in result['per_image']])
-    mse = np.array([r['mse'] for r in result['per_image']])
-    return (bpp * np.log(2) / 3 + np.array(result['lambdas']) * 4 * mse).mean(0)
-
-
 def test_refinement_lowers_the_loss_at_every_lambda_and_is_recorded(model, images):
     plain = evaluate_bound(model, images, lambdas=LAMBDAS, device='cpu', progress=False)
     refined = evaluate_bound(model, images, lambdas=LAMBDAS, device='cpu', progress=False, refine=20)
-    assert (mean_loss(refined) < mean_loss(plain)).all(), (mean_loss(refined), mean_loss(plain))
+    assert (mean_objective(refined) < mean_objective(plain)).all(), (mean_objective(refined), mean_objective(plain))
     assert plain['refine'] is None
     assert refined['refine']['steps'] == 20 and refined['refine']['lr'] == FIXED_LR
     assert 'offsets' in refined['refine']['parametrisation']
@@ -130,7 +123,7 @@ def test_the_convergence_rule_cuts_the_rate_on_a_plateau_and_stops_after_its_cut
 def test_auto_refinement_lowers_the_loss_and_records_its_rule_and_steps(model, images):
     plain = evaluate_bound(model, images[:1], lambdas=LAMBDAS[::2], device='cpu', progress=False)
     auto = evaluate_bound(model, images[:1], lambdas=LAMBDAS[::2], device='cpu', progress=False, refine='auto')
-    assert (mean_loss(auto) < mean_loss(plain)).all(), (mean_loss(auto), mean_loss(plain))
+    assert (mean_objective(auto) < mean_objective(plain)).all(), (mean_objective(auto), mean_objective(plain))
     assert auto['refine']['steps'] == 'auto' and auto['refine']['lr'] == Convergence.lr
     assert auto['refine']['rule']['tol'] == Convergence.tol
     steps = [s for r in auto['per_image'] for s in r['refine_steps']]

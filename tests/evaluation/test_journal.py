@@ -82,6 +82,7 @@ def test_a_journal_of_other_settings_is_refused_or_discarded_but_never_used(mode
     calls = counting(monkeypatch)
     fresh = run(model, images, journal=Journal(journal, discard_other=True), seed=1)
     assert len(calls) == 3 and fresh['resumed'] == 0 and fresh['seed'] == 1
+    assert fresh['per_image'] == run(model, images, seed=1)['per_image']
 
 
 def test_other_pixels_under_a_journalled_name_are_evaluated_again(model, images, tmp_path, monkeypatch):

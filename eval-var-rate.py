@@ -7,43 +7,27 @@ Examples::
     python eval-var-rate.py --weights runs/lvae/my_run/last_ema.pt --dataset_name /data/my-photos \\
         --anchor results/jpeg-my-photos.json
     python eval-var-rate.py --model rd_model_tiny --random-init --steps 4   # smoke test, meaningless numbers
+    torchrun --nproc_per_node 8 eval-var-rate.py --model rd_model_base --refine auto   # the images over 8 GPUs
+    python eval-var-rate.py --refine auto --shard 3/10 ...; then the same without --shard   # a job array
 """
 import argparse
-import math
 import sys
-
-import torch
 
 import lvae
 from lvae.accel.memory import reuse_freed_memory
 from lvae.cli import FlagParser, Interrupted, interruptible
-from lvae.evaluation import (BPP_PIXELS, NOISE, InvalidImagesError, as_test_set, compile_for_eval, default_device,
-                             evaluate_bound, lambda_grid)
+from lvae.evaluation import (BPP_PIXELS, NOISE, InvalidImagesError, as_test_set, compile_for_eval, evaluate_bound,
+                             lambda_grid)
 from lvae.evaluation.anchors import DEFAULT_ANCHOR, TRUE_RD, resolve_anchor_curve
-from lvae.evaluation.refine import AUTO, FIXED_LR, Convergence, Refinement
+from lvae.evaluation.flags import (DEFAULT_MODEL, bound_settings, check_flags, lambdas_per_forward, model_of, part_of,
+                                   refine_steps, settings_of)
+from lvae.evaluation.refine import FIXED_LR, Convergence
 from lvae.evaluation.journal import Journal
-from lvae.evaluation.outputs import (check_output, check_settings, default_output, journal_path, output_lock,
-                                     write_pair)
-from lvae.evaluation.report import partial_note, plot_result, report, result_record
-from lvae.evaluation.results import json_text
-from lvae.models import load_model, parse_model_args
-
-DEFAULT_MODEL = 'rd_model_small'
-
-
-def lambdas_per_forward(text):
-    """--lmb-batch: 'auto' or a positive integer."""
-    if text == 'auto' or (text.isdigit() and int(text) > 0):
-        return text if text == 'auto' else int(text)
-    raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
-
-
-def refine_steps(text):
-    """--refine: a number of steps (checked >= 0 with the other flags), or 'auto'."""
-    if text == AUTO or text.lstrip('-').isdigit():
-        return text if text == AUTO else int(text)
-    raise argparse.ArgumentTypeError(f"expected a number of steps >= 0 or 'auto', got {text!r}")
-
+from lvae.evaluation.outputs import (check_outside, check_output, check_settings, default_output, journal_path,
+                                     journals_beside, output_lock)
+from lvae.evaluation.report import partial_note, publish
+from lvae.evaluation.shards import agree, gather, part_done
+from lvae.ranks import Ranks
 
 def get_args(argv=None):
     p = FlagParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
@@ -91,6 +75,9 @@ def get_args(argv=None):
                    'rd_model_base took over 110 s on an H100: for large datasets)')
     g.add_argument('--lmb-batch', default='auto', type=lambdas_per_forward,
                    help="lambdas per forward: 'auto' or an integer")
+    g.add_argument('--shard', default=None, metavar='K/N', help='evaluate the K-th of N contiguous parts of the images '
+                   'into its own journal (a job array; torchrun splits by rank by itself); the same command without '
+                   '--shard then writes the result from the journals (docs/evaluation.md, "Spreading an evaluation")')
     g = p.add_argument_group('output')
     g.add_argument('--output', default=None, metavar='JSON',
                    help='results file (default: runs/eval/<name>-<dataset>[-<settings>].json, the settings that '
@@ -104,48 +91,19 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def load(args, overrides):
-    """The model of the flags (:func:`lvae.models.load_model`), with a warning for an untrained one."""
-    pretrained = True if args.pretrained else False if args.random_init else None
-    loaded = load_model(args.model or (None if args.weights else DEFAULT_MODEL), weights=args.weights,
-                        pretrained=pretrained, overrides=overrides, seed=args.seed)
-    if loaded.untrained and not args.random_init:
-        print(f'warning: no weights are registered for {loaded.name}: evaluating an UNTRAINED model (random '
-              f'weights, --seed {args.seed}); its numbers mean nothing. Pass --weights PATH_OR_URL for a trained '
-              f'one.', file=sys.stderr)
-    return loaded
-
-
-def check_flags(args):
-    """The flags' values, checked before anything is read: a ValueError naming the flag and what it takes."""
-    if args.steps < 1 or args.samples < 1:
-        raise ValueError(f'--steps and --samples must be >= 1, got {args.steps} and {args.samples}')
-    if not 0 <= args.seed < 2 ** 63:
-        raise ValueError(f'--seed must be an integer in [0, 2**63), got {args.seed}')
-    if args.refine != AUTO and args.refine < 0:
-        raise ValueError(f"--refine: refinement needs steps >= 0 or 'auto', got {args.refine}")
-    if args.refine_lr is not None and not 0 < args.refine_lr <= Refinement.max_lr:
-        raise ValueError(f'--refine-lr must be a learning rate in (0, {Refinement.max_lr:g}], got {args.refine_lr}')
-    if args.lmb_range is not None:
-        low, high = args.lmb_range
-        if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
-            raise ValueError(f'--lmb_range takes LOW HIGH with 0 < LOW <= HIGH, both finite, got {low} {high}')
-        if low == high and args.steps > 1:
-            raise ValueError(f'--lmb_range {low:g} {high:g} is one lambda: it makes one point, not a curve of '
-                             f'--steps {args.steps}; widen the range or pass --steps 1')
-
-
 def main(argv=None):
     args = get_args(argv)
+    ranks = Ranks.from_env()  # torchrun's ranks split the images as parts of one evaluation
     out, journal = args.output, None
     try:
         with interruptible():
             check_flags(args)
+            part = part_of(args, ranks)
             if out:
                 check_output(out)  # at once, before the model and the images are read
-            loaded = load(args, parse_model_args(args.model_args))
+            loaded = model_of(args, warn=ranks.master)
             test = as_test_set(args.dataset_name, progress=not args.no_progress)  # every file decoded, once
-            if test.partial:
+            if test.partial and ranks.master:
                 print(f'warning: {partial_note(test)}', file=sys.stderr)
             if args.anchor:
                 resolve_anchor_curve(args.anchor, test.name, missing_ok=True)  # a bad --anchor fails before the work
@@ -155,11 +113,13 @@ def main(argv=None):
             if not out:
                 out = default_output(name, test.name, args.refine, args.samples, args.seed, args.bpp_pixels)
                 check_output(out)
+            check_outside(out, test.folder)  # outputs are never read as inputs
             lambdas = lambda_grid(args.lmb_range or loaded.model.config.lmb_range, args.steps)
             check_settings(out, settings_of(args, loaded, test, lambdas), args.overwrite)
-            with output_lock(out):
-                journal = Journal(journal_path(out), discard_other=args.overwrite)
-                return evaluate(args, loaded, test, name, lambdas, out, journal)
+            with output_lock(out, part):
+                journal = Journal(journal_path(out, part), discard_other=args.overwrite, others=journals_beside(out),
+                                  part=part)
+                return evaluate(args, ranks, part, loaded, test, name, lambdas, out, journal)
     except Interrupted as e:
         done = len(journal.entries) if journal is not None else 0
         kept = f'{done} finished image(s) kept in {journal.path}: the same command resumes' if done else \
@@ -171,44 +131,39 @@ def main(argv=None):
         return 2
 
 
-def settings_of(args, loaded, test, lambdas):
-    """What the result will record of the settings that change its numbers (lvae.evaluation.outputs.SETTINGS)."""
-    return {'model': loaded.name, 'weights_sha256': loaded.sha256, 'test-set': test.name, 'lambdas': lambdas,
-            'bpp_pixels': args.bpp_pixels, 'samples': args.samples, 'seed': args.seed,
-            'refine': Refinement(args.refine, args.refine_lr).record(args.seed) if args.refine else None,
-            'amp': args.amp, 'noise': args.noise}
-
-
-def evaluate(args, loaded, test, name, lambdas, out, journal):
-    """The evaluation itself: the bound (each image's figures kept in ``journal`` as it is done, or taken from it),
-    its report printed, then the JSON and its plot written together and the journal removed."""
-    device = torch.device(args.device) if args.device else default_device()
-    if args.device is None and device.type == 'cpu':
+def evaluate(args, ranks, part, loaded, test, name, lambdas, out, journal):
+    """The bound of this process's images (all, or its part's), each kept in ``journal`` as it is done or taken
+    from the journals beside ``out``; a shard stops there. The whole result (under torchrun, rank 0's, from the
+    figures the ranks gather once all are done) is printed, its JSON and plot written, and the journals removed."""
+    settings = bound_settings(args, ranks)
+    if args.device is None and settings['device'].type == 'cpu' and ranks.master:
         print('note: no CUDA device found, evaluating on the CPU (slow for large models)', file=sys.stderr)
-    if device.type == 'cpu':
+    if settings['device'].type == 'cpu':
         reuse_freed_memory()  # no page faults for every activation (lvae.accel.memory)
-    model = loaded.model.to(device).eval()
+    model = loaded.model.to(settings['device']).eval()
     compiled = compile_for_eval(model) if args.compile else False
-    refinement = Refinement(args.refine, args.refine_lr) if args.refine else None
-    result = evaluate_bound(model, test, lambdas, device=device, bpp_pixels=args.bpp_pixels,
-                            samples=args.samples, seed=args.seed, skip_invalid=args.skip_invalid,
-                            lmb_batch=args.lmb_batch, amp=args.amp, tf32_ok=args.tf32, noise=args.noise,
-                            progress=not args.no_progress, refine=refinement, journal=journal)
-    for s in result['skipped']:
-        print(f'skipped {s["file"]}: {s["reason"]}', file=sys.stderr)
-    text, comparisons = report(result, test, args.anchor, name)
-    record = json_text(result_record(result, test, name, model, loaded.name, loaded.weights, loaded.sha256,
-                                     {**comparisons, 'compile': compiled, 'lvae': lvae.__version__}))
-    print(f'{result["num_images"]} images, {len(lambdas)} lambdas, {result["seconds"]:.1f} s on {result["device"]}')
-    print(text, flush=True)  # before any file is written: a failed write loses no figure
-
-    def write_json(tmp):
-        with open(tmp, 'w') as f:
-            f.write(record)
-
-    json_path, png = write_pair(out, write_json, lambda tmp: plot_result(tmp, result, test, args.anchor, name))
+    if part is not None:
+        done = evaluate_bound(model, test, lambdas, journal=journal, part=part, **settings)
+        if not ranks.ddp:
+            print(part_done(part, done, journal, len(test)))
+            return 0
+        figures = gather(ranks, done['figures'])
+        if ranks.master:
+            journal.take(figures)
+    written = False
+    try:
+        if ranks.master:
+            result = evaluate_bound(model, test, lambdas, journal=journal, **settings)
+            spread = {'processes': ranks.world} if ranks.ddp else {}
+            publish(out, result, test, args.anchor, name, model, loaded,
+                    {'compile': compiled, 'lvae': lvae.__version__, **spread})
+        written = True
+    finally:
+        written = agree(ranks, written) if ranks.ddp else written  # rank 0's failure, if any, is what it prints
+    if not written:
+        print('rank 0 wrote no result: the journals are kept, the same command resumes', file=sys.stderr)
+        return 1
     journal.remove()
-    print(f'wrote {json_path} and {png}')
     return 0
 
 

@@ -22,6 +22,19 @@ from lvae.accel.memory import reuse_freed_memory  # noqa: E402
 from lvae.evaluation.results import save_json  # noqa: E402
 from lvae.cli import FlagParser
 
+# Crops of Kodak images of five sizes (file, top, left, height, width; three not square, one not a multiple of 64):
+# the images of the refinement and spread-evaluation benchmarks, in an order whose two halves cost about the same
+KODAK_CROPS = (('kodim08.png', 300, 100, 64, 64), ('kodim05.png', 128, 256, 128, 128),
+               ('kodim14.png', 100, 300, 100, 160), ('kodim19.png', 256, 128, 192, 128),
+               ('kodim23.png', 64, 200, 128, 192))
+
+
+def kodak_crops(kodak):
+    """The images of :data:`KODAK_CROPS` cut from the Kodak folder ``kodak``: (3, H, W) tensors in [0, 1]."""
+    from lvae.data import load_image
+    return [load_image(os.path.join(kodak, f))[:, y:y + h, x:x + w] for f, y, x, h, w in KODAK_CROPS]
+
+
 # The roofline is the rate of one dense N x N matmul: N = 2048 on a CPU, 8192 on a GPU (2048 is too small
 # to fill an H100: it reaches about 60% of the bf16 rate of 8192).
 ROOFLINE_N = {'cpu': 2048, 'cuda': 8192}

@@ -5,13 +5,17 @@
     python benchmarks/refine_convergence.py --no-rule ...   # the curves alone; --rule-only adds the rule to --out
     python benchmarks/refine_convergence.py --kodak DIR --kodak-only   # adds the Kodak curves to --out
     python benchmarks/refine_convergence.py --photos DIR --windows-only   # adds the rule's window compared to --out
+    python benchmarks/refine_convergence.py --kodak DIR --items-only     # the rule before against each item's own
 
 Part 1 (curves): for each setting (Adam at a fixed learning rate; the ``auto`` rule), the loss that the bound
 measures (a fresh draw with the evaluation's seeds: nats per dimension + lambda x MSE in [-1, 1], mean over the
 images) at a low, a middle and a high lambda, every few steps up to ``--steps``. Part 2 (the rule against a fixed
 budget): ``evaluate_bound(..., refine='auto')`` against ``refine=1500`` on the same draws: the loss per lambda and the
 time. Part 3 (the rule's window): ``auto`` with windows of 10 and 20 steps on data it was not checked on (fresh draws
-of the source; crops of two training photographs with rd_model_small). Prints tables; writes
+of the source; crops of two training photographs with rd_model_small). Part 4 (each item's own rule): the rule
+before, one count for the lambdas of an image refined together, against each image and lambda stopping by its own
+rule (the same settings): item-steps and loss on Kodak crops of five sizes and on whole Kodak images
+(rd_model_small, lambdas 16, 128, 1024). Prints tables; writes
 ``benchmarks/results/refine_convergence.json`` and ``.png`` (the curves).
 """
 import argparse
@@ -20,6 +24,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -27,9 +32,10 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from lvae.evaluation import evaluate_bound  # noqa: E402
-from lvae.evaluation.bound import noise_from  # noqa: E402
-from lvae.evaluation.refine import Convergence, Refinement, posterior_offsets, refine_posteriors  # noqa: E402
+from benchlib import KODAK_CROPS, kodak_crops  # noqa: E402
+from lvae.evaluation import evaluate_bound, pad_to_multiple  # noqa: E402
+from lvae.evaluation.refine import (Convergence, Refinement, noise_from, posterior_offsets,  # noqa: E402
+                                   refine_posteriors)
 from lvae.evaluation.results import mean_objective, save_json  # noqa: E402
 from lvae.models import load_model  # noqa: E402
 from lvae.sources import get_source  # noqa: E402
@@ -50,7 +56,8 @@ def measured_loss(model, images, lmb, offsets, seed=0):
 
 
 def curve(model, images, lambdas, refinement, steps):
-    """The measured loss per lambda at each checkpoint step (until ``steps`` or the rule stops), and the steps."""
+    """The measured loss per lambda at each checkpoint step (while every item refines: until ``steps`` or an item's
+    rule stops it), and the steps."""
     n = len(images)
     batch = images.repeat(len(lambdas), 1, 1, 1)
     lmb = torch.tensor(lambdas, dtype=torch.float32).repeat_interleave(n)
@@ -60,19 +67,20 @@ def curve(model, images, lambdas, refinement, steps):
         return losses.view(len(lambdas), n).mean(1).tolist()
 
     points[0] = per_lambda(measured_loss(model, batch, lmb, None))
-    taken = []
 
-    def on_step(step, losses, offsets):
-        taken.append(step)
-        if step in CHECKPOINTS:  # inside the refinement its hooks already add the offsets: none added again
-            points[step] = per_lambda(measured_loss(model, batch, lmb, None))
+    def on_step(items):
+        step = items[0].steps
+        if step in CHECKPOINTS and len(items) == len(batch):
+            offsets = [torch.cat([item.offsets[i] for item in items]).detach() for i in range(len(items[0].offsets))]
+            points[step] = per_lambda(measured_loss(model, batch, lmb, offsets))
 
+    taken = [0]
     if refinement.auto or refinement.steps:
         gens = [torch.Generator().manual_seed(10_000 + i) for i in range(len(batch))]
         refinement = refinement if refinement.auto else Refinement(steps, refinement.lr)
-        offsets = refine_posteriors(model, batch, batch, lmb, refinement, noise_from(gens), on_step=on_step)
-        points[taken[-1]] = per_lambda(measured_loss(model, batch, lmb, offsets))
-    return {'steps': sorted(points), 'loss': [points[k] for k in sorted(points)], 'taken': taken[-1] if taken else 0}
+        offsets, taken = refine_posteriors(model, batch, batch, lmb, refinement, gens, on_step=on_step)
+        points[max(taken)] = per_lambda(measured_loss(model, batch, lmb, offsets))
+    return {'steps': sorted(points), 'loss': [points[k] for k in sorted(points)], 'taken': max(taken)}
 
 
 def part_curves(label, model, images, lambdas, settings, steps):
@@ -145,6 +153,94 @@ def part_windows(study, source, photos, windows=(10, 20)):
     return out
 
 
+class Together:
+    """The rule before per-item stopping, for comparison: one count for the items refined together (the mean over
+    them of their losses' relative falls), their rates cut and their refinement stopped together. Called after each
+    step (``on_step``), the items' own rules never stopping them (:data:`NEVER`)."""
+
+    def __init__(self, rule):
+        self.rule, self.previous, self.sums, self.cut, self.steps = rule, None, None, 0, 0
+
+    def __call__(self, items):
+        rule, losses = self.rule, np.array([item.loss for item in items])
+        self.steps += 1
+        self.sums = losses if self.sums is None else self.sums + losses
+        stop = self.steps >= rule.max_steps
+        if self.steps % rule.window == 0:
+            mean, self.sums = self.sums / rule.window, None
+            if self.previous is not None and np.mean((self.previous - mean) / np.abs(mean)) < rule.tol:
+                stop = stop or self.cut == rule.cuts
+                self.cut += 1
+                for group in (g for item in items for g in item.optimiser.param_groups):
+                    group['lr'] *= rule.factor
+            self.previous = mean
+        for item in items:
+            item.done = stop
+
+
+NEVER = Convergence(tol=float('-inf'), max_steps=10 ** 9)   # a per-item rule that leaves the decision to Together
+BEFORE = Convergence(lr=0.03, window=20, tol=3e-3, factor=0.3, cuts=2, max_steps=1500)   # the settings it had
+WHOLE = ('kodim05.png', 'kodim19.png')
+ITEM_LAMBDAS = [16.0, 128.0, 1024.0]
+
+
+def refined_loss(model, im, lambdas, refinement, index, together=None):
+    """One image's lambdas refined together (as the evaluation does on a CPU; ``together``: a :class:`Together` that
+    decides for them): the loss of a fresh draw with seeds of its own (nats per dimension + lambda x MSE in [-1, 1])
+    per lambda, and each lambda's steps."""
+    im = im.unsqueeze(0)
+    padded = pad_to_multiple(im).expand(len(lambdas), -1, -1, -1)
+    lmb = torch.tensor(lambdas)
+    gens = [torch.Generator().manual_seed(10_000 + 100 * index + j) for j in range(len(lambdas))]
+    offsets, steps = refine_posteriors(model, padded, im, lmb, refinement, gens, on_step=together)
+    draws = [torch.Generator().manual_seed(100 * index + j) for j in range(len(lambdas))]
+    with torch.inference_mode(), posterior_offsets(model, offsets):
+        x_hat, stats = model.forward_end2end(padded, lmb, noise=noise_from(draws))
+    h, w = im.shape[2:]
+    rate = model.kl_per_image(stats) / im[0].numel()
+    distortion = (x_hat[:, :, :h, :w] - model.preprocess_target(im)).square().mean(dim=(1, 2, 3))
+    return (rate + lmb * distortion).double().tolist(), steps
+
+
+def part_items(folder, whole):
+    """The rule before (:class:`Together`) against each item's own rule (the default, the same settings):
+    item-steps (image-lambda pairs times their steps), loss and time on rd_model_small, on the Kodak crops
+    of :data:`benchlib.KODAK_CROPS` and on ``whole`` whole Kodak images."""
+    from lvae.data import load_image
+    small = load_model('rd_model_small').model.eval()
+    sets = {'crops': kodak_crops(folder),
+            'whole': [load_image(os.path.join(folder, f)) for f in WHOLE[:whole]]}
+    rules = {'before (one count per image)': (Refinement('auto', BEFORE.lr, rule=NEVER), True),
+             'own rule (the default)': (Refinement('auto'), False)}
+    out = {'lambdas': ITEM_LAMBDAS, 'crops': [list(c) for c in KODAK_CROPS], 'whole': list(WHOLE[:whole]),
+           'default_rule': asdict(Convergence()), 'rules': {}}
+    for label, (refinement, together) in rules.items():
+        row = {}
+        for kind, images in sets.items():
+            if not images:
+                continue
+            t0 = time.time()
+            found = [refined_loss(small, im, ITEM_LAMBDAS, refinement, k + 100 * (kind == 'whole'),
+                                  Together(BEFORE) if together else None) for k, im in enumerate(images)]
+            loss, steps = np.array([f[0] for f in found]), np.array([f[1] for f in found])
+            row[kind] = {'loss': loss.tolist(), 'mean_loss': loss.mean(0).tolist(), 'steps': steps.tolist(),
+                         'item_steps': int(steps.sum()), 'seconds': time.time() - t0}
+            print(f'{label}, {kind}: {row[kind]["item_steps"]} item-steps, {row[kind]["seconds"]:.0f} s, mean loss '
+                  + ', '.join(f'{v:.5f}' for v in row[kind]['mean_loss']), flush=True)
+        out['rules'][label] = row
+    before = out['rules']['before (one count per image)']
+    print('\n| rule | images | item-steps | against the rule before | mean loss against it, per lambda |')
+    print('|---|---|---:|---:|---|')
+    for label, row in out['rules'].items():
+        for kind, r in row.items():
+            b = before[kind]
+            r['relative_item_steps'] = r['item_steps'] / b['item_steps']
+            r['relative_loss'] = [a / c - 1 for a, c in zip(r['mean_loss'], b['mean_loss'])]
+            print(f'| {label} | {kind} | {r["item_steps"]} | {r["relative_item_steps"]:.2f}x | '
+                  + ', '.join(f'{100 * g:+.2f}%' for g in r['relative_loss']) + ' |')
+    return out
+
+
 def kodak_curves(folder, settings, steps):
     """The curves of rd_model_small on two 256x256 crops of Kodak images (kodim05, kodim19)."""
     from lvae.data import load_image
@@ -189,6 +285,9 @@ def main():
     p.add_argument('--rule-only', action='store_true', help='only the rule against 1500 steps (merged into --out)')
     p.add_argument('--kodak-only', action='store_true', help='only the Kodak curves (merged into --out)')
     p.add_argument('--windows-only', action='store_true', help="only the rule's window compared (merged into --out)")
+    p.add_argument('--items-only', action='store_true', help='only the rule before against each item\'s own, on Kodak '
+                   'crops and --whole whole images (needs --kodak; merged into --out)')
+    p.add_argument('--whole', type=int, default=1, help='whole Kodak images in --items-only (at most 2)')
     p.add_argument('--photos', default=None, help='the training photographs folder (for --windows-only)')
     p.add_argument('--plot-only', action='store_true', help='redraw the plot of --out')
     p.add_argument('--kodak', default=None, help='a Kodak folder: also rd_model_small on two 256x256 crops')
@@ -205,11 +304,15 @@ def main():
         p.error('--kodak-only needs --kodak DIR')
     if args.windows_only and not args.photos:
         p.error('--windows-only needs --photos DIR')
+    if args.items_only and not args.kodak:
+        p.error('--items-only needs --kodak DIR')
     model = load_model(weights=STUDY).model.eval()
     source = get_source('gaussian-64')
-    if args.rule_only or args.kodak_only or args.windows_only:
+    if args.rule_only or args.kodak_only or args.windows_only or args.items_only:
         with open(args.out) as f:
             record = json.load(f)
+        if args.items_only:
+            record['items'] = part_items(args.kodak, args.whole)
         if args.rule_only:
             record['rule_vs_1500'] = part_rule(model, source.held_out()[:args.rule_images], model.default_lambdas(6))
         if args.windows_only:

@@ -133,8 +133,7 @@ def rate_by_stage(labels):
     in bits per pixel of the plain and the refined posteriors, on 20 held-out images (one draw each, refinement as in
     its curve), beside the true R(D) at the point's MSE, whole and by frequency band (:func:`truth_by_band`)."""
     import torch
-    from lvae.evaluation.bound import noise_from
-    from lvae.evaluation.refine import Refinement, posterior_offsets, refine_posteriors
+    from lvae.evaluation.refine import Refinement, noise_from, posterior_offsets, refine_posteriors
     from lvae.models import load_model
     from lvae.sources import get_source
     source = get_source(SOURCE)
@@ -148,9 +147,8 @@ def rate_by_stage(labels):
         for lmb in STAGE_LAMBDAS:
             lmbs = torch.full((len(images),), lmb)
             gens = [torch.Generator().manual_seed(i) for i in range(len(images))]
-            offsets = refine_posteriors(model, images, images, lmbs, refinement,
-                                        noise_from([torch.Generator().manual_seed(10_000 + i)
-                                                    for i in range(len(images))]))
+            offsets, _ = refine_posteriors(model, images, images, lmbs, refinement,
+                                           [torch.Generator().manual_seed(10_000 + i) for i in range(len(images))])
             row = {}
             for kind, offs in (('plain', None), ('refined', offsets)):
                 with torch.inference_mode(), posterior_offsets(model, offs) if offs else contextlib.nullcontext():

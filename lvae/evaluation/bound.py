@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lvae import accel
-from lvae.evaluation.journal import Journal, image_digest, journal_settings
-from lvae.evaluation.refine import Refinement, posterior_offsets, refine_posteriors
+from lvae.evaluation.journal import WHOLE, Journal, image_digest, journal_settings
+from lvae.evaluation.refine import Refinement, noise_from, posterior_offsets, refine_posteriors
 from lvae.evaluation.results import dataset_curves, psnr
 from lvae.evaluation.testsets import as_test_set
 from lvae.models.rd.model import MAX_STRIDE
@@ -112,15 +112,6 @@ def _seed(*parts):
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
-def noise_from(generators):
-    """A ``noise(like)`` for :meth:`forward_end2end`: sample b of the batch draws from ``generators[b]`` on the
-    generator's device, then moves them to ``like``'s device (a no-op where they are the same)."""
-    def noise(like):
-        return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype, device=g.device)
-                            for g in generators]).to(like.device)
-    return noise
-
-
 class _BatchSizer:
     """How many lambdas of one image go into one forward: a pixel budget on CPU; on CUDA all at first,
     halved on out-of-memory and remembered."""
@@ -169,11 +160,10 @@ def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None, noise='devic
             offsets = None
             if refinement is not None:
                 drawn = [torch.Generator(noise_device).manual_seed(s) for s in refine_seeds[chunk]]
-                taken = []
-                offsets = refine_posteriors(model, padded.expand(n, -1, -1, -1), im, lmb, refinement,
-                                            noise_from(drawn), amp, on_step=lambda step, *_: taken.append(step))
+                offsets, taken = refine_posteriors(model, padded.expand(n, -1, -1, -1), im, lmb, refinement, drawn,
+                                                   amp)
                 if refine_steps is not None:
-                    refine_steps[chunk] = taken[-1] if taken else 0
+                    refine_steps[chunk] = taken
             with torch.inference_mode(), posterior_offsets(model, offsets) if offsets else contextlib.nullcontext(), \
                     torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16'):
                 x_hat, stats = model.forward_end2end(padded.expand(n, -1, -1, -1), lmb, noise=noise_from(gens))
@@ -224,7 +214,7 @@ def _leaves_model_as_found(evaluate):
 @_leaves_model_as_found
 def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixels='original', samples=1,
                    seed=0, skip_invalid=False, lmb_batch='auto', amp=None, tf32_ok=False, noise='device',
-                   progress=True, refine=None, journal=None):
+                   progress=True, refine=None, journal=None, part=None):
     """Estimate the model's R(D) bound on ``images``: a :class:`~lvae.evaluation.testsets.TestSet`, or what
     :func:`~lvae.evaluation.testsets.as_test_set` resolves into one (a dataset name, a folder, a list of files, a
     source's name or an (N, 3, H, W) image tensor in [0, 1]).
@@ -246,6 +236,9 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     it is done; an evaluation of the same settings given the same journal takes the images it holds from it and
     evaluates the rest, with the numbers of one run through (``resumed`` in the result counts them). It stays
     after the call: remove it once the result is saved.
+    part: a :class:`~lvae.evaluation.shards.Part`: evaluate only its block of the images into ``journal`` and
+    return ``{'part', 'figures', 'seconds'}`` (the journal's entry of each image of the block, by index) instead of
+    a result; the whole evaluation, given the journals of every part, then takes every image from them.
     The model runs in its :func:`lvae.accel.prepare` form for ``device`` (same numbers) and is given back as
     it came: device, memory format, ``training`` flag, blocks.
 
@@ -279,6 +272,8 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     if not len(test):
         raise InvalidImagesError(test.skipped, none_left=True) if test.skipped else ValueError('no images to evaluate')
     check_finite_weights(model)
+    if part is not None and journal is None:
+        raise ValueError('an evaluation of a part needs a journal: its figures go there')
     refinement = Refinement(refine) if isinstance(refine, (int, str)) else refine
     refinement = refinement if refinement is not None and refinement.steps else None  # 0 steps: the plain bound
     device = torch.device(device) if device is not None else default_device()
@@ -295,18 +290,22 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     all_bpp, all_mse = np.empty((K, len(test), L)), np.empty((K, len(test), L))
     per_image = []
     t0, resumed, earlier = time.time(), 0, 0.0  # earlier: the seconds of the images taken from the journal
-    bar = tqdm(range(len(test)), desc='bound, refined' if refinement else 'bound', unit='img', disable=not progress,
-               dynamic_ncols=True)
+    parts, label = {}, journal.label if journal is not None else WHOLE  # images by the part that computed them
+    indices = part.block(len(test)) if part is not None else range(len(test))
+    desc = f'bound{", refined" if refinement else ""}{f" (part {part.label})" if part is not None else ""}'
+    bar = tqdm(indices, desc=desc, unit='img', disable=not progress, dynamic_ncols=True)
     for i in bar:
         name, im = test.image(i)
         h, w = im.shape[1:]
         pixels = pixel_count(h, w, bpp_pixels)
         digest = image_digest(im) if journal is not None else None
-        figures = journal.done(i, name, digest) if journal is not None else None
+        figures = journal.done(i, name, digest, L * K) if journal is not None else None
         if figures is not None:
             bits, mse, steps = figures['bits'], figures['mse'], figures['steps']
             resumed, earlier = resumed + 1, earlier + figures['seconds']
+            parts[figures['part']] = parts.get(figures['part'], 0) + 1
         else:
+            parts[label] = parts.get(label, 0) + 1
             padded = pixel_count(h, w, 'padded')
             per_forward = sizer.size(L * K, padded)
             need = forward_bytes(model.config, padded, per_forward) if hasattr(model.config, 'enc_dims') else 0
@@ -334,6 +333,9 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
                           **({'refine_steps': steps.reshape(K, L).max(0).tolist()} if refinement else {})})
         bar.set_postfix_str(f'{name} bpp {img_bpp[0]:.3f}-{img_bpp[-1]:.3f} '
                             f'psnr {img_psnr[0]:.2f}-{img_psnr[-1]:.2f}')
+    if part is not None:
+        held = journal.held()
+        return {'part': part.label, 'figures': {i: held[i] for i in indices}, 'seconds': time.time() - t0}
     curves = dataset_curves(*(np.array([r[key] for r in per_image]) for key in ('bpp', 'psnr', 'mse')))
     draws = dataset_curves(all_bpp, psnr(all_mse), all_mse)  # (K, L) each: the dataset curves of each draw
     return {
@@ -347,5 +349,5 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         'test_set': test.name, 'num_images': len(test), 'samples': K, 'seed': seed, 'bpp_pixels': bpp_pixels,
         'device': str(device), 'amp': amp, 'tf32': bool(tf32_ok and device.type == 'cuda'), 'noise': noise,
         'refine': refinement.record(seed) if refinement else None, 'seconds': earlier + time.time() - t0,
-        **({'resumed': resumed} if journal is not None else {}),
+        **({'resumed': resumed} if journal is not None else {}), 'parts': parts,
     }

@@ -16,14 +16,18 @@ import errno
 import fcntl
 import json
 import os
+import re
 
 from lvae.errors import write_failure
 from lvae.evaluation.results import atomic_path, check_writable
 
 PLOT_SOFTWARE = 'lvae evaluation'  # the PNG 'Software' text of every plot an evaluation draws
 # What a result records that changes its numbers: a result is replaced only by one that agrees on all of them.
-SETTINGS = ('model', 'weights_sha256', 'test-set', 'lambdas', 'bpp_pixels', 'samples', 'seed', 'refine', 'amp',
-            'noise')
+SETTINGS = ('model', 'model_config', 'weights_sha256', 'test-set', 'lambdas', 'bpp_pixels', 'samples', 'seed',
+            'refine', 'amp', 'noise', 'lvae', 'torch')
+# The longest name an evaluation writes beside its output ``<name>``: the temporary file of a part's journal,
+# ``..<name>.journal-KKKK-of-NNNN.<8 characters>.tmp``; a name the file system refuses is refused before the work
+LONGEST_BESIDE = len('..') + len('.journal-9999-of-9999') + len('.abcdefgh.tmp')
 
 
 class OutputError(ValueError):
@@ -50,9 +54,22 @@ def hidden_beside(out, suffix):
     return os.path.join(os.path.dirname(os.path.abspath(out)), '.' + os.path.basename(out) + suffix)
 
 
-def journal_path(out):
-    """The journal of an evaluation writing ``out`` (:mod:`lvae.evaluation.journal`)."""
-    return hidden_beside(out, '.journal')
+def journal_path(out, part=None):
+    """The journal of an evaluation writing ``out`` (:mod:`lvae.evaluation.journal`), or of its ``part``
+    (:class:`lvae.evaluation.shards.Part`: ``.<name>.journal-K-of-N``)."""
+    return hidden_beside(out, '.journal' + (part.suffix if part else ''))
+
+
+def journals_beside(out):
+    """The journals of every evaluation writing ``out`` there now, whole or of any part, any split."""
+    main = journal_path(out)
+    folder, stem = os.path.dirname(main), os.path.basename(main)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(os.path.join(folder, n) for n in names
+                  if n == stem or re.fullmatch(re.escape(stem) + r'-\d+-of-\d+', n))
 
 
 def plot_path(out):
@@ -95,9 +112,30 @@ def check_output(out):
     if os.path.lexists(png) and (os.path.islink(png) or not (drawn_by_lvae(png) or result is not None)):
         raise OutputError(f'{png} exists and is not a plot of an evaluation: it is left alone; choose another '
                           f'--output')
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        name_max = os.pathconf(folder, 'PC_NAME_MAX') if os.path.isdir(folder) else 255
+    except (OSError, ValueError):
+        name_max = 255
+    if len(os.path.basename(out)) + LONGEST_BESIDE > name_max:
+        raise OutputError(f'--output {os.path.basename(out)!r} is {len(os.path.basename(out))} characters long: the '
+                          f'evaluation writes files beside it (its journal, lock and temporary files) whose names are '
+                          f'up to {LONGEST_BESIDE} characters longer, more than the {name_max} this file system takes; '
+                          f'choose a name of at most {name_max - LONGEST_BESIDE} characters')
     for path in (out, png):
         check_writable(path)
     return out, png
+
+
+def check_outside(out, folder):
+    """Raise :class:`OutputError` when result ``out`` (or its plot) would land inside the image ``folder`` being
+    evaluated: the next evaluation of that folder would read the plot as a test image."""
+    if folder is None:
+        return
+    inside = os.path.commonpath([os.path.realpath(folder), os.path.realpath(os.path.dirname(os.path.abspath(out)))])
+    if inside == os.path.realpath(folder):
+        raise OutputError(f'--output {out} is inside the image folder {folder}: its plot would be read as a test '
+                          f'image by the next evaluation of that folder; choose an --output outside it')
 
 
 def check_settings(out, record, overwrite=False):
@@ -106,6 +144,7 @@ def check_settings(out, record, overwrite=False):
     old = read_result(out) if os.path.exists(out) else None
     if old is None or overwrite:
         return
+    record = json.loads(json.dumps(record))  # as the result will read back
     differ = [key for key in SETTINGS if old.get(key) != record.get(key)]
     if differ:
         shown = ', '.join(f'{key} {_short(old.get(key))} there, {_short(record.get(key))} now' for key in differ)
@@ -119,11 +158,11 @@ def _short(value):
 
 
 @contextlib.contextmanager
-def output_lock(out):
-    """Hold ``out`` for one evaluation: a second one asking for it meanwhile gets :class:`OutputError` naming the
-    process. The lock (``.<name>.lock`` beside it, a POSIX lock) is released and removed at the block's end, and
-    released by the system when a process dies."""
-    lock = hidden_beside(out, '.lock')
+def output_lock(out, part=None):
+    """Hold ``out`` (or its ``part``) for one evaluation: a second one asking for it meanwhile gets
+    :class:`OutputError` naming the process. The lock (``.<name>.lock[-K-of-N]`` beside it, a POSIX lock) is released
+    and removed at the block's end, and released by the system when a process dies."""
+    lock = hidden_beside(out, '.lock' + (part.suffix if part else ''))
     try:
         os.makedirs(os.path.dirname(lock), exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -136,7 +175,8 @@ def output_lock(out):
             if e.errno not in (errno.EACCES, errno.EAGAIN):
                 raise
             holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or 'unknown'
-            raise OutputError(f'another evaluation (pid {holder}) is writing {out} now; wait for it, or choose '
+            what = f'part {part.label} of {out}' if part else out
+            raise OutputError(f'another evaluation (pid {holder}) is writing {what} now; wait for it, or choose '
                               f'another --output') from None
         try:  # who holds it, for the message of a second evaluation (on a full disk the lock works without it)
             os.ftruncate(fd, 0)

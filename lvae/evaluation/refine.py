@@ -16,7 +16,7 @@ saw: the refined channel is a function of the image (and of the optimisation's o
 image), so its KL estimate is unbiased and the point stays an upper bound (docs/evaluation.md, "Refinement").
 """
 import contextlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -65,11 +65,11 @@ class Refinement:
 
 @dataclass
 class Convergence:
-    """When ``refine='auto'`` stops (docs/evaluation.md, "Refinement to convergence"): Adam from ``lr``; every
-    ``window`` steps the gain is the relative fall of each image and lambda's loss, averaged over the window, from
-    the window before, averaged over the images and lambdas refined together (one draw's noise averages out there);
-    once the gain falls under ``tol`` the learning rate is cut by ``factor``, and after ``cuts`` such cuts the
-    refinement stops (at ``max_steps`` at the latest). Measured in benchmarks/refine_convergence.py."""
+    """When ``refine='auto'`` stops (docs/evaluation.md, "Refinement to convergence"), for each image, lambda and
+    draw on its own: Adam from ``lr``; every ``window`` steps the gain is the relative fall of the item's loss,
+    averaged over the window, from the window before; once it falls under ``tol`` the item's learning rate is cut by
+    ``factor``, and after ``cuts`` such cuts the item stops (at ``max_steps`` at the latest). An item's steps and
+    figures depend on nothing refined beside it. Measured in benchmarks/refine_convergence.py."""
     lr: float = 0.03
     window: int = 20
     tol: float = 3e-3
@@ -77,26 +77,34 @@ class Convergence:
     cuts: int = 2
     max_steps: int = 1500
 
-    def __post_init__(self):
-        self.previous, self.sums, self.cut, self.steps = None, None, 0, 0
+    def tracker(self):
+        """A fresh count for one item: its :meth:`_Plateaus.update` takes each step's loss."""
+        return _Plateaus(self)
 
-    def update(self, losses, optimiser):
-        """Count a step whose per-item losses were ``losses`` (n,); returns whether to stop."""
+
+class _Plateaus:
+    """One item's progress under a :class:`Convergence`."""
+
+    def __init__(self, rule):
+        self.rule, self.previous, self.total, self.cut, self.steps = rule, None, 0.0, 0, 0
+
+    def update(self, loss, optimiser):
+        """Count a step whose loss was ``loss`` (a float); cut ``optimiser``'s rate on a plateau; returns whether
+        the item stops."""
+        rule = self.rule
         self.steps += 1
-        self.sums = losses.detach().double() if self.sums is None else self.sums + losses.detach().double()
-        if self.steps % self.window:
-            return self.steps >= self.max_steps
-        mean, self.sums = self.sums / self.window, None
-        if self.previous is not None:
-            gain = float(((self.previous - mean) / mean.abs().clamp_min(1e-12)).mean())
-            if gain < self.tol:
-                if self.cut == self.cuts:
-                    return True
-                self.cut += 1
-                for group in optimiser.param_groups:
-                    group['lr'] *= self.factor
+        self.total += loss
+        if self.steps % rule.window:
+            return self.steps >= rule.max_steps
+        mean, self.total = self.total / rule.window, 0.0
+        if self.previous is not None and (self.previous - mean) / max(abs(mean), 1e-12) < rule.tol:
+            if self.cut == rule.cuts:
+                return True
+            self.cut += 1
+            for group in optimiser.param_groups:
+                group['lr'] *= rule.factor
         self.previous = mean
-        return self.steps >= self.max_steps
+        return self.steps >= rule.max_steps
 
 
 def latent_blocks(model):
@@ -105,14 +113,10 @@ def latent_blocks(model):
 
 @contextlib.contextmanager
 def posterior_offsets(model, offsets):
-    """Inside the block, latent block i's posterior head outputs its usual value plus ``offsets[i]`` (a tensor or
-    None: created as zeros, with gradients, at the first forward)."""
+    """Inside the block, latent block i's posterior head outputs its usual value plus ``offsets[i]`` (as
+    :func:`refine_posteriors` returns them, one row per image of the batch)."""
     def hook(i):
-        def add(module, inputs, out):
-            if offsets[i] is None:
-                offsets[i] = torch.zeros_like(out, dtype=torch.float32, requires_grad=True)
-            return out + offsets[i]
-        return add
+        return lambda module, inputs, out: out + offsets[i]
     handles = [b.posterior.register_forward_hook(hook(i)) for i, b in enumerate(latent_blocks(model))]
     try:
         yield offsets
@@ -133,38 +137,97 @@ def frozen(model):
             p.requires_grad_(flag)
 
 
-def refine_posteriors(model, padded, im, lmb, refinement, noise, amp=None, on_step=None):
-    """The posterior offsets of each image and lambda after ``refinement``: ``padded`` (n, 3, H', W') the images
-    padded to multiples of 64, ``im`` (n or 1, 3, H, W) the images themselves, ``lmb`` (n,); ``noise(like)`` gives
-    the optimisation's standard normal draws; ``on_step(step, losses, offsets)``, when given, is called after each
-    step with the (n,) losses it took. Returns the list of offsets (one per latent block)."""
+def noise_from(generators):
+    """A ``noise(like)`` for :meth:`forward_end2end`: sample b of the batch draws from ``generators[b]`` on the
+    generator's device, then moves them to ``like``'s device (a no-op where they are the same)."""
+    def noise(like):
+        return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype, device=g.device)
+                            for g in generators]).to(like.device)
+    return noise
+
+
+class _Item:
+    """One image, lambda and draw being refined: its offsets (one (1, 2Z, h, w) tensor per latent block, made at
+    its first forward), its own Adam, its own stopping rule and its own stream of draws."""
+
+    def __init__(self, index, refinement, generator):
+        self.index, self.refinement, self.generator = index, refinement, generator
+        self.offsets, self.optimiser, self.steps, self.loss, self.done = None, None, 0, None, False
+        self.tracker = refinement.rule.tracker() if refinement.auto else None
+
+    def step(self, loss):
+        """Adam's step on the gradient the backward left, then the rule's word on the item's ``loss`` (a float)."""
+        if self.optimiser is None:
+            self.optimiser = torch.optim.Adam(self.offsets, lr=self.refinement.lr)
+        self.optimiser.step()
+        self.optimiser.zero_grad(set_to_none=True)
+        self.steps, self.loss = self.steps + 1, loss
+        self.done = (self.tracker.update(loss, self.optimiser) if self.tracker is not None else
+                     self.steps >= self.refinement.steps)
+
+
+@contextlib.contextmanager
+def _items_offsets(model, items):
+    """Inside the block, latent block i's posterior head outputs its usual value plus the offsets of ``items`` (the
+    batch, in order), made as zeros with gradients at the first forward."""
+    def hook(i):
+        def add(module, inputs, out):
+            for item in items:
+                if item.offsets is None:
+                    item.offsets = []
+                if len(item.offsets) == i:
+                    item.offsets.append(torch.zeros_like(out[:1], dtype=torch.float32, requires_grad=True))
+            return out + torch.cat([item.offsets[i] for item in items])
+        return add
+    handles = [b.posterior.register_forward_hook(hook(i)) for i, b in enumerate(latent_blocks(model))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def refine_posteriors(model, padded, im, lmb, refinement, generators, amp=None, on_step=None):
+    """Refine the posterior of each of n items (an image at a lambda, with its own draws) until each stops on its own:
+    ``padded`` (n, 3, H', W') the images padded to multiples of 64, ``im`` (n or 1, 3, H, W) the images themselves,
+    ``lmb`` (n,), ``generators`` one per item for the optimisation's standard normal draws. An item that stops
+    leaves the batch: its offsets, its steps and the draws it saw depend on nothing else in it. ``on_step(batch)``,
+    when given, is called after each step with the items that took it (each with its ``index``, ``steps``, the
+    ``loss`` of the step and its ``offsets``, one (1, 2Z, h, w) tensor per latent block).
+
+    Returns ``(offsets, steps)``: one (n, 2Z, h, w) tensor per latent block, and the steps each item took (a list)."""
     if not hasattr(model, 'dec_blocks'):
         raise ValueError(f'{type(model).__name__} has no posterior to refine')
     h, w = im.shape[2:]
     target = model.preprocess_target(im)
     dims = im.shape[1] * h * w
-    offsets = [None] * len(latent_blocks(model))
+    items = [_Item(k, refinement, g) for k, g in enumerate(generators)]
     autocast = torch.autocast(padded.device.type, dtype=torch.bfloat16, enabled=amp == 'bf16')
-    rule = replace(refinement.rule) if refinement.auto else None  # a fresh count for these images
-    with frozen(model), torch.enable_grad(), posterior_offsets(model, offsets):
+    with frozen(model), torch.enable_grad():
         with torch.no_grad(), autocast:
             emb, features, bhw = model.encode(padded, lmb)
-        optimiser = None
-        step = 0
-        while rule is not None or step < refinement.steps:
-            with autocast:
-                x_hat, stats = model.decode(emb, bhw, enc_features=features, noise=noise)
+        active = [k for k, item in enumerate(items) if refinement.auto or refinement.steps]
+        while active:
+            batch = [items[k] for k in active]
+            with _items_offsets(model, batch), autocast:
+                x_hat, stats = model.decode(emb, bhw, enc_features=features, noise=noise_from([i.generator
+                                                                                               for i in batch]))
             rate = model.kl_per_image(stats) / dims                                       # nats per dimension
             distortion = (x_hat.float()[:, :, :h, :w] - target).square().mean(dim=(1, 2, 3))   # [-1, 1] scale
             losses = rate + lmb * distortion
-            if optimiser is None:
-                optimiser = torch.optim.Adam([o for o in offsets if o is not None], lr=refinement.lr)
-            optimiser.zero_grad(set_to_none=True)
-            losses.sum().backward()  # each image and lambda has its own offsets: a sum of losses
-            optimiser.step()
-            step += 1
+            losses.sum().backward()  # each item has its own offsets: a sum of losses
+            for item, loss in zip(batch, losses.detach().double().tolist()):
+                item.step(loss)
             if on_step is not None:
-                on_step(step, losses.detach(), offsets)
-            if rule is not None and rule.update(losses, optimiser):
-                break
-    return [o.detach() if o is not None else None for o in offsets]
+                on_step(batch)
+            rows = [r for r, item in enumerate(batch) if not item.done]
+            if 0 < len(rows) < len(batch):  # the items that stopped leave the batch
+                at = torch.tensor(rows, dtype=torch.long, device=padded.device)
+                emb, lmb, features = emb[at], lmb[at], {k: v[at] for k, v in features.items()}
+                target = target[at] if target.shape[0] > 1 else target
+                bhw = (len(rows), *bhw[1:])
+            active = [active[r] for r in rows]
+    if not all(item.steps for item in items):
+        return None, [0] * len(items)
+    offsets = [torch.cat([item.offsets[i] for item in items]).detach() for i in range(len(items[0].offsets))]
+    return offsets, [item.steps for item in items]

@@ -3,15 +3,18 @@ results JSON and the R-D plot. ``eval-var-rate.py`` and ``python -m lvae.bdrate`
 """
 import math
 import os
+import sys
 
 import numpy as np
 import torch
 
 from lvae.evaluation.anchors import TRUE_RD, get_anchor, resolve_anchor_curve
 from lvae.evaluation.bdrate import MIN_POINTS, METHODS, bd_psnr, bd_rate, overlap
+from lvae.evaluation.journal import WHOLE
 from lvae.evaluation.intervals import bd_rates, bootstrap, describe, draw_bd_rates
+from lvae.evaluation.outputs import write_pair
 from lvae.evaluation.plotting import plot_rd
-from lvae.evaluation.results import CONVENTIONS, convention_psnr, per_image_figures
+from lvae.evaluation.results import CONVENTIONS, convention_psnr, json_text, per_image_figures
 from lvae.sources import excess_table
 
 # Published curves drawn for comparison where the test set has them (shipped in anchors.json).
@@ -196,5 +199,27 @@ def result_record(result, test, name, model, model_name, weights, sha256, extra)
         **{key: result[key] for key in ('bpp_pixels', 'samples', 'seed', 'refine', 'num_images', 'skipped',
                                         'per_image', 'device', 'amp', 'tf32', 'noise', 'seconds')},
         **({'resumed': result['resumed']} if result.get('resumed') else {}),
+        **({'parts': result['parts']} if set(result.get('parts', ())) - {WHOLE} else {}),  # a spread evaluation's
         'torch': torch.__version__,
     }
+
+
+def publish(out, result, test, anchor, name, model, loaded, extra):
+    """Print ``result``'s report, then write its JSON (:func:`result_record`, with ``extra``) and its plot together at
+    ``out`` (:func:`lvae.evaluation.outputs.write_pair`); ``loaded`` is the model's
+    :class:`lvae.models.LoadedModel`. The figures are printed before any file is written: a failed write loses none."""
+    for skipped in result['skipped']:
+        print(f'skipped {skipped["file"]}: {skipped["reason"]}', file=sys.stderr)
+    text, comparisons = report(result, test, anchor, name)
+    record = json_text(result_record(result, test, name, model, loaded.name, loaded.weights, loaded.sha256,
+                                     {**comparisons, **extra}))
+    print(f'{result["num_images"]} images, {len(result["lambdas"])} lambdas, {result["seconds"]:.1f} s on '
+          f'{result["device"]}')
+    print(text, flush=True)
+
+    def write_json(tmp):
+        with open(tmp, 'w') as f:
+            f.write(record)
+
+    json_path, png = write_pair(out, write_json, lambda tmp: plot_result(tmp, result, test, anchor, name))
+    print(f'wrote {json_path} and {png}')

@@ -1,42 +1,17 @@
 """The training processes: where this one sits (torchrun's RANK / LOCAL_RANK / WORLD_SIZE), its device, the
 process group, and the few things the processes agree on (a run folder, a stop, RNG states)."""
-import os
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from lvae.accel.memory import reuse_freed_memory
+from lvae.ranks import Ranks
 
 
-@dataclass
-class Processes:
-    """This process among ``world`` training processes. Under torchrun, ``restarts`` counts the elastic
-    restarts of the worker group so far and ``run_id`` is the rendezvous id (the same across restarts)."""
-    rank: int = 0
-    local_rank: int = 0
-    world: int = 1
-    restarts: int = 0
-    run_id: str = None
+class Processes(Ranks):
+    """The training processes (:class:`lvae.ranks.Ranks`), their device and the few things they agree on."""
     _host = None  # the gloo group of `any` under NCCL (None: the default group)
-
-    @classmethod
-    def from_env(cls):
-        env = os.environ
-        elastic = {'restarts': int(env.get('TORCHELASTIC_RESTART_COUNT', '0')),
-                   'run_id': env.get('TORCHELASTIC_RUN_ID')}
-        if 'RANK' in env and int(env.get('WORLD_SIZE', '1')) > 1:
-            return cls(int(env['RANK']), int(env['LOCAL_RANK']), int(env['WORLD_SIZE']), **elastic)
-        return cls(**elastic)
-
-    @property
-    def ddp(self):
-        return self.world > 1
-
-    @property
-    def master(self):
-        return self.rank == 0
 
     def init(self, device='auto'):
         """This process's device (``cuda:<local rank>`` under torchrun for 'cuda' / 'auto'), its backend flags,
@@ -51,12 +26,7 @@ class Processes:
         else:
             reuse_freed_memory()  # no page faults for every activation (lvae.accel.memory)
         if self.ddp:
-            # torchrun's store outlives a restart of the workers: keys under a prefix of their own, or the
-            # restarted group would read the addresses of the dead one
-            timeout = timedelta(minutes=60)
-            store, rank, world = next(dist.rendezvous('env://', timeout=timeout))
-            dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=timeout, rank=rank,
-                                    world_size=world, store=dist.PrefixStore(f'lvae/restart_{self.restarts}', store))
+            self.join('nccl' if device.type == 'cuda' else 'gloo', timedelta(minutes=60))
             self._host = dist.new_group(backend='gloo') if device.type == 'cuda' else None
         return device
 

@@ -10,7 +10,7 @@ import torch
 import lvae
 from lvae import accel
 from lvae.evaluation import evaluate_bound
-from lvae.evaluation.bound import noise_from, pad_to_multiple
+from lvae.evaluation.bound import pad_to_multiple
 from lvae.evaluation.refine import FIXED_LR, Convergence, Refinement, latent_blocks, refine_posteriors
 from lvae.evaluation.results import mean_objective
 from lvae.models import load_model
@@ -74,7 +74,7 @@ def test_the_prepared_cpu_model_refines_as_the_reference(model, images):
         if prepared:
             accel.prepare(m, 'cpu')
         gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
-        offsets.append(refine_posteriors(m, padded, im, lmb, Refinement(3), noise_from(gens)))
+        offsets.append(refine_posteriors(m, padded, im, lmb, Refinement(3), gens)[0])
     ref, fast = (torch.cat([o.flatten() for o in found]) for found in offsets)
     # Adam's first steps are +-lr per element whatever the gradient's size: where a gradient is float rounding's
     # size, its sign can differ between the two forms; the offsets as a whole agree
@@ -108,16 +108,42 @@ def test_the_bound_is_drawn_with_the_evaluations_seeds_never_the_optimisations(m
 
 def test_the_convergence_rule_cuts_the_rate_on_a_plateau_and_stops_after_its_cuts():
     rule, optimiser = Convergence(), torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.03)
-    flat = torch.full((3,), 1.0)
-    stops = [rule.update(flat, optimiser) for _ in range(200)]
+    flat = rule.tracker()
+    stops = [flat.update(1.0, optimiser) for _ in range(200)]
     # the first gain is measured at the second window: a plateau there cuts, each next window cuts, then it stops
     assert stops.index(True) + 1 == 4 * rule.window
     assert optimiser.param_groups[0]['lr'] == pytest.approx(0.03 * rule.factor ** rule.cuts)
-    falling = Convergence()
-    assert not any(falling.update(torch.full((3,), 0.99 ** t), optimiser) for t in range(300))
+    falling = rule.tracker()
+    assert not any(falling.update(0.99 ** t, optimiser) for t in range(300))
     assert falling.cut == 0   # a falling loss runs on, to max_steps at most
-    capped = Convergence(max_steps=50)
-    assert [capped.update(torch.full((3,), 0.99 ** t), optimiser) for t in range(50)].index(True) == 49
+    capped = Convergence(max_steps=50).tracker()
+    assert [capped.update(0.99 ** t, optimiser) for t in range(50)].index(True) == 49
+
+
+def test_each_item_stops_by_its_own_rule_whatever_is_refined_beside_it(model, images):
+    """An image and lambda refined with others takes the steps, and reaches the offsets, it does alone: its rule
+    watches its own loss and it leaves the batch when it stops."""
+    refinement = Refinement('auto', rule=Convergence(window=3, tol=0.01, max_steps=60))
+    im = images[:2]
+    lmb = torch.tensor([4.0, 2048.0])
+    gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
+    together, steps = refine_posteriors(model, pad_to_multiple(im), im, lmb, refinement, gens)
+    alone = [refine_posteriors(model, pad_to_multiple(im[k:k + 1]), im[k:k + 1], lmb[k:k + 1], refinement,
+                               [torch.Generator().manual_seed(7 + k)]) for k in range(2)]
+    assert steps == [a[1][0] for a in alone]
+    assert steps[0] != steps[1]   # they stopped apart: the first to stop left the batch
+    for i, offsets in enumerate(together):
+        for k in range(2):
+            torch.testing.assert_close(offsets[k:k + 1], alone[k][0][i], rtol=1e-4, atol=1e-5)
+
+
+def test_auto_refinement_gives_the_same_figures_however_lambdas_are_batched(model, images):
+    kw = dict(lambdas=LAMBDAS, device='cpu', progress=False,
+              refine=Refinement('auto', rule=Convergence(window=3, tol=0.02, max_steps=30)))
+    one, four = (evaluate_bound(model, images[:1], lmb_batch=n, **kw) for n in (1, 4))
+    assert one['per_image'][0]['refine_steps'] == four['per_image'][0]['refine_steps']
+    assert one['bpp'] == pytest.approx(four['bpp'], rel=1e-5)
+    assert one['psnr'] == pytest.approx(four['psnr'], abs=1e-4)
 
 
 def test_auto_refinement_lowers_the_loss_and_records_its_rule_and_steps(model, images):
@@ -135,9 +161,7 @@ def test_a_given_rule_decides_when_auto_stops_and_is_recorded(model, images):
         Refinement(30, rule=Convergence())
     short = Refinement('auto', rule=Convergence(window=2, tol=1.0, max_steps=100))   # every window a plateau
     assert short.lr == Convergence.lr and short.record(0)['rule']['window'] == 2
-    taken = []
     im = images[:1]
-    refine_posteriors(model, pad_to_multiple(im), im, torch.tensor([64.0]), short, noise_from([torch.Generator()]),
-                      on_step=lambda step, *_: taken.append(step))
-    assert taken[-1] == 4 * 2   # the second window's gain cuts, two more cuts, then it stops
-    assert short.rule.steps == 0   # the rule given is a template: each refinement counts afresh
+    for _ in range(2):   # the rule given is a template: each refinement counts afresh
+        _, steps = refine_posteriors(model, pad_to_multiple(im), im, torch.tensor([64.0]), short, [torch.Generator()])
+        assert steps == [4 * 2]   # the second window's gain cuts, two more cuts, then it stops

@@ -247,8 +247,8 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     ``bpp_std``,
     ``psnr_std``, ``draws`` (K x L lists of each draw's ``bpp``, ``psnr``, ``psnr_of_mean_mse``; None when
     K = 1), ``per_image`` (file, size and per-lambda bpp, PSNR and MSE on [0, 1] of each image, means over
-    the draws), ``skipped`` (file names left out with ``skip_invalid``), ``test_set`` (its name), and the settings
-    used.
+    the draws), ``skipped`` (file names left out with ``skip_invalid``), ``test_set`` (its name), ``parts`` (how many
+    images each part of a spread evaluation computed, 'whole' for those computed unspread), and the settings used.
     """
     if bpp_pixels not in BPP_PIXELS:
         raise ValueError(f'bpp_pixels must be one of {BPP_PIXELS}, got {bpp_pixels!r}')

@@ -147,9 +147,17 @@ def check_settings(out, record, overwrite=False):
     record = json.loads(json.dumps(record))  # as the result will read back
     differ = [key for key in SETTINGS if old.get(key) != record.get(key)]
     if differ:
-        shown = ', '.join(f'{key} {_short(old.get(key))} there, {_short(record.get(key))} now' for key in differ)
+        shown = ', '.join(_difference(key, old.get(key), record.get(key)) for key in differ)
         raise OutputError(f'{out} holds a result of other settings ({shown}); choose another --output, or pass '
                           f'--overwrite to replace it')
+
+
+def _difference(key, there, now):
+    """``key`` and its two values, or for two dicts (a model's config) the fields that differ."""
+    if isinstance(there, dict) and isinstance(now, dict):
+        return ', '.join(_difference(f'{key}.{k}', there.get(k), now.get(k)) for k in sorted({*there, *now})
+                         if there.get(k) != now.get(k))
+    return f'{key} {_short(there)} there, {_short(now)} now'
 
 
 def _short(value):

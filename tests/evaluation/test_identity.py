@@ -44,7 +44,8 @@ def test_a_result_of_another_config_is_not_replaced_nor_its_journal_resumed(eval
     out = tmp_path / 'r.json'
     assert eval_script.main(flags(folder, out)) == 0
     assert eval_script.main(flags(folder, out, '--model_args', 'smooth_mean=False')) == 2
-    assert 'holds a result of other settings (model_config' in capsys.readouterr().err
+    assert 'holds a result of other settings (model_config.smooth_mean true there, false now)' in \
+        capsys.readouterr().err
     journal = Journal(tmp_path / '.x.json.journal')
     journal.start({'config': {'smooth_mean': True}})
     with pytest.raises(ValueError, match='other settings \\(config differ'):

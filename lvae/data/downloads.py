@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from lvae.checkpoint.remote import DownloadError, fetch
 from lvae.errors import first_line
 from lvae.data.images import IMAGE_EXTENSIONS, check_images, list_images
-from lvae.data.paths import dataset_path
+from lvae.data.paths import dataset_path, how_to_set_paths
 
 # name -> where it comes from and what a complete copy is. ``files``: (url, file name) pairs; ``archive``: a
 # zip whose image members with ``member_filter`` in their path are the dataset (flattened into the folder).
@@ -110,7 +110,21 @@ def download_dataset(name, root=None, progress=True):
     folder = os.path.join(root, name) if root else dataset_path(name, must_exist=False)
     # a folder that exists already is completed in place; a new one appears only once it is complete
     work = folder if os.path.isdir(folder) else folder.rstrip(os.sep) + '.partial'
+    made = not os.path.isdir(work)
     os.makedirs(work, exist_ok=True)
+    try:
+        _fill(name, spec, work, progress)
+    except BaseException:
+        if made and not os.listdir(work):  # nothing fetched (offline, say): nothing left behind
+            os.rmdir(work)
+        raise
+    if work != folder:
+        os.replace(work, folder)
+    return folder
+
+
+def _fill(name, spec, work, progress):
+    """Fetch what ``work`` lacks of dataset ``name`` (its :data:`DOWNLOADS` ``spec``) and verify it."""
     if 'files' in spec:
         todo = [(url, f) for url, f in spec['files'] if not os.path.isfile(os.path.join(work, f))]
         for url, fname in tqdm(todo, desc=name, unit='file', disable=not progress):
@@ -121,9 +135,6 @@ def download_dataset(name, root=None, progress=True):
             fetch(spec['archive'], archive, spec['sha256'].get(spec['archive_name']), progress=progress)
             _extract_images(archive, work, spec['member_filter'])
     verify(name, work)
-    if work != folder:
-        os.replace(work, folder)
-    return folder
 
 
 def find_or_download(name_or_folder, progress=True):
@@ -143,4 +154,5 @@ def find_or_download(name_or_folder, progress=True):
     except (DownloadError, OSError) as e:
         raise FileNotFoundError(f'dataset {name!r} is missing and its download failed ({first_line(e)}); fetch '
                                 f'{source_url(name)} by hand and put its {DOWNLOADS[name]["count"]} images in '
-                                f'{folder}') from None
+                                f'{folder}, or where they are already: {how_to_set_paths()} (eval-var-rate.py '
+                                f'--dataset_name FOLDER)') from None

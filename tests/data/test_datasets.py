@@ -156,8 +156,11 @@ def test_offline_the_error_names_the_url_and_the_folder(empty_places, monkeypatc
     monkeypatch.setitem(datasets.DOWNLOADS, 'kodak', {
         'files': [('http://127.0.0.1:9/kodim01.png', 'kodim01.png')], 'count': 1, 'sizes': None, 'sha256': {}})
     with pytest.raises(FileNotFoundError, match=r'fetch http://127\.0\.0\.1:9/kodim01\.png by hand and put its '
-                                                r'1 images in .*root/kodak'):
+                                                r'1 images in .*root/kodak') as info:
         as_test_set('kodak', progress=False).paths
+    message = str(info.value)
+    assert 'LVAE_DATASETS' in message and '--dataset_name FOLDER' in message and '\n' not in message
+    assert not os.path.exists(empty_places) or os.listdir(empty_places) == []   # no empty kodak.partial left
 
 
 def test_extraction_writes_new_regular_files_never_through_a_link(tmp_path):

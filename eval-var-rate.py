@@ -115,8 +115,8 @@ def main(argv=None):
                 check_output(out)
             check_outside(out, test.folder)  # outputs are never read as inputs
             lambdas = lambda_grid(args.lmb_range or loaded.model.config.lmb_range, args.steps)
-            check_settings(out, settings_of(args, loaded, test, lambdas), args.overwrite)
-            with output_lock(out, part):
+            with output_lock(out, part):  # the check and the work under one lock: no other run between them
+                check_settings(out, settings_of(args, loaded, test, lambdas), args.overwrite)
                 journal = Journal(journal_path(out, part), discard_other=args.overwrite, others=journals_beside(out),
                                   part=part)
                 return evaluate(args, ranks, part, loaded, test, name, lambdas, out, journal)

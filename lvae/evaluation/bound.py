@@ -228,6 +228,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     ('device', the default: fast) or on CPU generators ('cpu': the same draws on every device).
     lmb_batch: lambdas per forward ('auto' or an int); amp: None (fp32) or 'bf16' (autocast); tf32_ok: let
     CUDA run fp32 matmuls and convolutions in TF32 (default: strict fp32, whatever torch's global flags say).
+    progress: a progress bar (True), nothing (False), or ``'lines'``: one line per finished image (batch logs).
     refine: refine each image's posterior at each lambda before its bound is drawn (:mod:`lvae.evaluation.refine`:
     a number of steps, ``'auto'`` (until converged) or a :class:`~lvae.evaluation.refine.Refinement`); a tighter bound
     from the same weights, recorded in the result's ``refine`` with the steps taken per image and lambda
@@ -266,7 +267,8 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         warnings.warn(f'lambdas {[round(v, 4) for v, o in zip(lambdas, outside) if o]} are outside the model\'s '
                       f'trained lmb_range {list(model.config.lmb_range)}: evaluated as asked, marked in the '
                       f'result (outside_lmb_range)', stacklevel=3)  # the caller of evaluate_bound
-    test = as_test_set(images, progress=progress)
+    test = as_test_set(images, progress=progress is True)
+    say = functools.partial(print, flush=True) if progress == 'lines' else tqdm.write  # announced besides the bar
     if test.skipped and not skip_invalid:
         raise InvalidImagesError(test.skipped)
     if not len(test):
@@ -282,7 +284,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         held = journal.start(journal_settings(model, lambdas, samples, seed, refinement, amp, noise, device,
                                               tf32_ok and device.type == 'cuda'))
         if held and progress:
-            tqdm.write(f'resuming: {journal.path} holds {held} of the {len(test)} images')
+            say(f'resuming: {journal.path} holds {held} of the {len(test)} images')
     model = accel.prepare(model, device).eval()
     sizer = _BatchSizer(device, lmb_batch)
 
@@ -293,7 +295,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     parts, label = {}, journal.label if journal is not None else WHOLE  # images by the part that computed them
     indices = part.block(len(test)) if part is not None else range(len(test))
     desc = f'bound{", refined" if refinement else ""}{f" (part {part.label})" if part is not None else ""}'
-    bar = tqdm(indices, desc=desc, unit='img', disable=not progress, dynamic_ncols=True)
+    bar = tqdm(indices, desc=desc, unit='img', disable=progress is not True, dynamic_ncols=True)
     for i in bar:
         name, im = test.image(i)
         h, w = im.shape[1:]
@@ -331,8 +333,11 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         per_image.append({'file': name, 'height': h, 'width': w, 'bpp': img_bpp.tolist(),
                           'psnr': img_psnr.tolist(), 'mse': all_mse[:, i].mean(0).tolist(),
                           **({'refine_steps': steps.reshape(K, L).max(0).tolist()} if refinement else {})})
-        bar.set_postfix_str(f'{name} bpp {img_bpp[0]:.3f}-{img_bpp[-1]:.3f} '
-                            f'psnr {img_psnr[0]:.2f}-{img_psnr[-1]:.2f}')
+        figures_text = f'{name} bpp {img_bpp[0]:.3f}-{img_bpp[-1]:.3f} psnr {img_psnr[0]:.2f}-{img_psnr[-1]:.2f}'
+        bar.set_postfix_str(figures_text)
+        if progress == 'lines':
+            done = 'from a journal' if figures is not None else f'{time.time() - t1:.0f} s'
+            say(f'{desc}: {i - indices.start + 1}/{len(indices)} {figures_text} ({done})')
     if part is not None:
         held = journal.held()
         return {'part': part.label, 'figures': {i: held[i] for i in indices}, 'seconds': time.time() - t0}

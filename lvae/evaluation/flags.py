@@ -74,7 +74,7 @@ def bound_settings(args, ranks):
         device = torch.device('cuda', ranks.local_rank)
     return dict(device=device, bpp_pixels=args.bpp_pixels, samples=args.samples, seed=args.seed,
                 skip_invalid=args.skip_invalid, lmb_batch=args.lmb_batch, amp=args.amp, tf32_ok=args.tf32,
-                noise=args.noise, progress=not args.no_progress,
+                noise=args.noise, progress='lines' if args.no_progress else True,
                 refine=Refinement(args.refine, args.refine_lr) if args.refine else None)
 
 

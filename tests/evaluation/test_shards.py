@@ -119,10 +119,13 @@ def test_shards_then_the_whole_command_give_the_result_of_one_process(eval_scrip
     assert journals_beside(out) == []   # the journals go once the result is written
 
 
-def test_the_whole_command_evaluates_what_no_part_holds(eval_script, five, tmp_path):
+def test_the_whole_command_evaluates_what_no_part_holds(eval_script, five, tmp_path, capsys):
     out = tmp_path / 'r.json'
     assert eval_script.main(flags(five, out, '--shard', '1/3')) == 0
+    assert 'bound, refined (part 1/3): 2/2 im1.png bpp' in capsys.readouterr().out   # --no-progress: a line an image
     assert eval_script.main(flags(five, out)) == 0
+    said = capsys.readouterr().out
+    assert 'holds 2 of the 5 images' in said and 'bound, refined: 1/5 im0.png' in said and '(from a journal)' in said
     assert figures(out)[1]['parts'] == {'1/3': 2, 'whole': 3}
 
 

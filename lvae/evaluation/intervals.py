@@ -116,4 +116,5 @@ def describe(intervals, images):
     """One line saying what an interval of :func:`bootstrap` is."""
     paired = ''.join(f'; paired: {key} resampled with the same images' for key in intervals.get('paired', []))
     return (f'{intervals["level"]:.0%} interval, {intervals["method"]} ({images} images, '
-            f'{intervals["resamples"]} resamples, seed {intervals["seed"]}){paired}')
+            f'{intervals["resamples"]} resamples, seed {intervals["seed"]}){paired}: it covers which images were '
+            f'drawn, not the choice of curve fit (compare the cubic and pchip rows)')

@@ -103,6 +103,7 @@ def test_cli_prints_the_interval_of_a_result_with_per_image_figures(tmp_path, ca
     value, low, high = (float(v) for v in cell.replace('[', ' ').replace(']', ' ').replace(',', ' ').split())
     assert low < value < high
     assert '95% interval, percentile bootstrap over images (24 images, 400 resamples, seed 3)' in first
+    assert 'it covers which images were drawn, not the choice of curve fit' in first
 
 
 def result_file(path, name, bpp, img_psnr, mse):

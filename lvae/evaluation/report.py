@@ -181,7 +181,8 @@ def plot_result(path, result, test, anchor=None, name='test'):
                       if key == os.path.basename(anchor)), None)
     partial = f', {test.partial[0]} of {test.partial[1]}' if test.partial else ''
     return plot_rd(path, curves, reference, title=f'R(D) upper bound on {test.name} ({result["num_images"]} images'
-                                                  f'{partial}, bpp over {result["bpp_pixels"]} pixels)')
+                                                  f'{partial}, bpp over {result["bpp_pixels"]} pixels)',
+                   psnr_label=f'PSNR (RGB, dB): {CONVENTIONS["psnr"]}')
 
 
 def result_record(result, test, name, model, model_name, weights, sha256, extra):

@@ -20,6 +20,7 @@ from lvae.checkpoint import save_checkpoint
 from lvae.errors import first_line
 from lvae.evaluation import evaluate_bound, lambda_grid
 from lvae.evaluation.plotting import plot_rd
+from lvae.evaluation.results import CONVENTIONS
 from lvae.training.runs import checkpoint_dict, header
 
 VALIDATIONS_FILE = 'validations.jsonl'
@@ -129,7 +130,8 @@ def run_validation(folder, settings, trainer, run, val, device, stop):
         record.best_file_set = record.set_id
     try:
         png = plot_rd(os.path.join(folder, 'val_rd.png'), [(settings.name, res['bpp'], res[val.convention])], anchor,
-                      title=f'{settings.name}: {settings.valset} at iteration {trainer.iter}')
+                      title=f'{settings.name}: {settings.valset} at iteration {trainer.iter}',
+                      psnr_label=f'PSNR (RGB, dB): {CONVENTIONS[val.convention]}')
     except (OSError, ValueError, RuntimeError) as e:  # a plot is not worth a run
         warnings.warn(f'no validation plot at iteration {trainer.iter}: {first_line(e)}', RuntimeWarning)
         png = None

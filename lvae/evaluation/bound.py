@@ -13,6 +13,7 @@ import math
 import os
 import time
 import warnings
+from collections import Counter
 
 import numpy as np
 import torch
@@ -292,7 +293,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
     all_bpp, all_mse = np.empty((K, len(test), L)), np.empty((K, len(test), L))
     per_image = []
     t0, resumed, earlier = time.time(), 0, 0.0  # earlier: the seconds of the images taken from the journal
-    parts, label = {}, journal.label if journal is not None else WHOLE  # images by the part that computed them
+    parts, label = Counter(), journal.label if journal is not None else WHOLE  # images by the part that computed them
     indices = part.block(len(test)) if part is not None else range(len(test))
     desc = f'bound{", refined" if refinement else ""}{f" (part {part.label})" if part is not None else ""}'
     bar = tqdm(indices, desc=desc, unit='img', disable=progress is not True, dynamic_ncols=True)
@@ -305,9 +306,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         if figures is not None:
             bits, mse, steps = figures['bits'], figures['mse'], figures['steps']
             resumed, earlier = resumed + 1, earlier + figures['seconds']
-            parts[figures['part']] = parts.get(figures['part'], 0) + 1
         else:
-            parts[label] = parts.get(label, 0) + 1
             padded = pixel_count(h, w, 'padded')
             per_forward = sizer.size(L * K, padded)
             need = forward_bytes(model.config, padded, per_forward) if hasattr(model.config, 'enc_dims') else 0
@@ -328,6 +327,7 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
                              f'is written')
         if journal is not None and figures is None:
             journal.add(i, name, digest, bits, mse, steps, time.time() - t1)
+        parts[figures['part'] if figures is not None else label] += 1
         all_bpp[:, i], all_mse[:, i] = (bits / pixels).reshape(K, L), mse.reshape(K, L)
         img_bpp, img_psnr = all_bpp[:, i].mean(0), psnr(all_mse[:, i]).mean(0)
         per_image.append({'file': name, 'height': h, 'width': w, 'bpp': img_bpp.tolist(),
@@ -354,5 +354,5 @@ def evaluate_bound(model, images, lambdas=None, steps=16, device=None, bpp_pixel
         'test_set': test.name, 'num_images': len(test), 'samples': K, 'seed': seed, 'bpp_pixels': bpp_pixels,
         'device': str(device), 'amp': amp, 'tf32': bool(tf32_ok and device.type == 'cuda'), 'noise': noise,
         'refine': refinement.record(seed) if refinement else None, 'seconds': earlier + time.time() - t0,
-        **({'resumed': resumed} if journal is not None else {}), 'parts': parts,
+        **({'resumed': resumed} if journal is not None else {}), 'parts': dict(parts),
     }

@@ -13,21 +13,10 @@ Examples::
 import argparse
 import sys
 
-import lvae
-from lvae.accel.memory import reuse_freed_memory
 from lvae.cli import FlagParser, Interrupted, interruptible
-from lvae.evaluation import (BPP_PIXELS, NOISE, InvalidImagesError, as_test_set, compile_for_eval, evaluate_bound,
-                             lambda_grid)
-from lvae.evaluation.anchors import DEFAULT_ANCHOR, TRUE_RD, resolve_anchor_curve
-from lvae.evaluation.flags import (DEFAULT_MODEL, bound_settings, check_flags, lambdas_per_forward, model_of, part_of,
-                                   refine_steps, settings_of)
-from lvae.evaluation.refine import FIXED_LR, Convergence
-from lvae.evaluation.journal import Journal
-from lvae.evaluation.outputs import (check_outside, check_output, check_settings, default_output, journal_path,
-                                     journals_beside, output_lock)
-from lvae.evaluation.report import partial_note, publish
-from lvae.evaluation.shards import agree, gather, part_done
-from lvae.ranks import Ranks
+from lvae.evaluation.choices import (AUTO_LR, BPP_PIXELS, DEFAULT_ANCHOR, DEFAULT_MODEL, FIXED_LR, NOISE, TRUE_RD,
+                                     lambdas_per_forward, refine_steps)
+# The rest (torch with it) is imported in main(), once the flags are parsed: --help answers at once.
 
 def get_args(argv=None):
     p = FlagParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
@@ -63,7 +52,10 @@ def get_args(argv=None):
                    "converges ('auto'), the decoder and prior fixed: a tighter bound from the same weights "
                    '(docs/evaluation.md; default: 0, the plain bound)')
     g.add_argument('--refine-lr', type=float, default=None, help=f'learning rate of the refinement (default: '
-                   f"{FIXED_LR} for STEPS; where 'auto' starts, {Convergence.lr})")
+                   f"{FIXED_LR} for STEPS; where 'auto' starts, {AUTO_LR})")
+    g.add_argument('--refine-chain', action='store_true', help="with --refine auto: each image's lambdas in "
+                   'ascending order, each from the refined posterior of the one below (about half the passes at '
+                   '16 lambdas, one lambda per pass: docs/evaluation.md)')
     g = p.add_argument_group('speed')
     g.add_argument('--device', default=None, help='cuda, cuda:1, cpu, ... (default: cuda if present, else cpu)')
     g.add_argument('--amp', choices=('bf16',), default=None, help='bf16 autocast (default: fp32)')
@@ -93,6 +85,14 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
+    from lvae.evaluation import InvalidImagesError, as_test_set, lambda_grid
+    from lvae.evaluation.anchors import resolve_anchor_curve
+    from lvae.evaluation.flags import check_flags, model_of, part_of, settings_of
+    from lvae.evaluation.journal import Journal
+    from lvae.evaluation.outputs import (check_outside, check_output, check_settings, default_output, journal_path,
+                                         journals_beside, output_lock)
+    from lvae.evaluation.report import partial_note
+    from lvae.ranks import Ranks
     ranks = Ranks.from_env()  # torchrun's ranks split the images as parts of one evaluation
     out, journal = args.output, None
     try:
@@ -111,7 +111,8 @@ def main(argv=None):
                 raise InvalidImagesError(test.skipped)
             name = args.name or loaded.name
             if not out:
-                out = default_output(name, test.name, args.refine, args.samples, args.seed, args.bpp_pixels)
+                out = default_output(name, test.name, f'{args.refine}-chain' if args.refine_chain else args.refine,
+                                     args.samples, args.seed, args.bpp_pixels)
                 check_output(out)
             check_outside(out, test.folder)  # outputs are never read as inputs
             lambdas = lambda_grid(args.lmb_range or loaded.model.config.lmb_range, args.steps)
@@ -135,6 +136,12 @@ def evaluate(args, ranks, part, loaded, test, name, lambdas, out, journal):
     """The bound of this process's images (all, or its part's), each kept in ``journal`` as it is done or taken
     from the journals beside ``out``; a shard stops there. The whole result (under torchrun, rank 0's, from the
     figures the ranks gather once all are done) is printed, its JSON and plot written, and the journals removed."""
+    import lvae
+    from lvae.accel.memory import reuse_freed_memory
+    from lvae.evaluation import compile_for_eval, evaluate_bound
+    from lvae.evaluation.flags import bound_settings
+    from lvae.evaluation.report import publish
+    from lvae.evaluation.shards import agree, gather, part_done
     settings = bound_settings(args, ranks)
     if args.device is None and settings['device'].type == 'cpu' and ranks.master:
         print('note: no CUDA device found, evaluating on the CPU (slow for large models)', file=sys.stderr)

@@ -19,11 +19,8 @@ import os
 import sys
 
 from lvae.cli import FlagParser
-from lvae.training.distributed import Processes
 from lvae.training.recipe import INITS, KL_WARMUP_SCOPES
-from lvae.training.run import TrainingRun
-from lvae.training.runs import check_last_pt, continued_run, load_run, resume_flags
-from lvae.training.settings import RunSettings
+# The rest (torch with it) is imported once the flags are parsed: --help answers at once.
 
 # Flags that define a run: on --resume they come from its last.pt, and another value given is an error. Every
 # other flag may change on --resume (--iterations to extend a run, --lr after a failure, --valset, ...): the
@@ -70,6 +67,11 @@ def get_parser():
                    'update t (0: off, the paper\'s objective throughout)')
     g.add_argument('--kl_warmup_scope', choices=KL_WARMUP_SCOPES, default='all', help="whose KL the warm-up "
                    "weighs: every latent's, or 'coarse': all but the finest stage's (those pay in full throughout)")
+    g.add_argument('--kl_balance', type=int, default=0, help="for the first N updates, NVAE's balancing of the "
+                   "latents' KL: one that carries little pays little until it is used (0: off)")
+    g.add_argument('--free_bits', type=float, default=0.0, help="free bits: a latent's batch-mean KL below this many "
+                   'nats per element costs nothing, for the first --free_bits_until updates (0: off)')
+    g.add_argument('--free_bits_until', type=int, default=0, help='the updates --free_bits lasts')
     g.add_argument('--init', choices=INITS, default='default', help="a new model's initialisation: 'unit-gain' "
                    "keeps the signal's variance across the stages (lvae.training.init)")
     g.add_argument('--compile', action='store_true', help='torch.compile the ConvNeXt blocks')
@@ -103,6 +105,7 @@ def explicit_flags(parser, argv):
 
 def check_args(args):
     """The typed settings of parsed flags: a ValueError (UsageError) naming a bad flag."""
+    from lvae.training.settings import RunSettings
     return RunSettings.from_flags(vars(args))
 
 
@@ -110,6 +113,8 @@ def resolve(parser, argv, procs):
     """Before the rendezvous, on every rank: the run's settings (a continued run's saved flags, with the changes
     given now: see :data:`RUN_DEFINING`) and ``(folder, last.pt, changes)`` of the run it continues (None, None, {}
     for a new run; a None last.pt for a restarted run that died before its first checkpoint)."""
+    from lvae.training.runs import check_iterations, check_last_pt, continued_run, load_run, resume_flags
+    from lvae.training.settings import RunSettings
     args = parser.parse_args(argv)
     settings = check_args(args)
     folder = continued_run(args.resume, args.name, procs, os.path.join(args.runs_root, args.wbproject))
@@ -120,15 +125,21 @@ def resolve(parser, argv, procs):
         flags, changes = resume_flags(ckpt['args'], explicit_flags(parser, argv), vars(parser.parse_args([])),
                                       RUN_DEFINING)
         settings = RunSettings.from_flags({**flags, 'resume': folder})
+        if args.resume:  # asked for (a torchrun restart of a finished run just finds it finished)
+            check_iterations(folder, ckpt, settings.recipe.iterations)
     return settings, (folder, ckpt, changes)
 
 
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    parser = get_parser()
+    parser.parse_args(argv)  # --help, or a mistyped flag, before torch is imported
+    from lvae.training.distributed import Processes
+    from lvae.training.run import TrainingRun
     procs = Processes.from_env()
     try:
-        settings, resumed = resolve(get_parser(), argv, procs)  # a bad flag stops every rank at once
+        settings, resumed = resolve(parser, argv, procs)  # a bad flag stops every rank at once
         run = TrainingRun.start(settings, procs, resumed)       # checks, data, model, then the folder's claim
     except (ValueError, FileNotFoundError) as e:                # UsageError, bad data or weights: nothing claimed
         if procs.master:

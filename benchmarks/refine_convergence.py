@@ -6,6 +6,7 @@
     python benchmarks/refine_convergence.py --kodak DIR --kodak-only   # adds the Kodak curves to --out
     python benchmarks/refine_convergence.py --photos DIR --windows-only   # adds the rule's window compared to --out
     python benchmarks/refine_convergence.py --kodak DIR --items-only     # the rule before against each item's own
+    python benchmarks/refine_convergence.py --kodak DIR --items-only --grid 16 --whole 0   # at 16 lambdas
 
 Part 1 (curves): for each setting (Adam at a fixed learning rate; the ``auto`` rule), the loss that the bound
 measures (a fresh draw with the evaluation's seeds: nats per dimension + lambda x MSE in [-1, 1], mean over the
@@ -14,8 +15,9 @@ budget): ``evaluate_bound(..., refine='auto')`` against ``refine=1500`` on the s
 time. Part 3 (the rule's window): ``auto`` with windows of 10 and 20 steps on data it was not checked on (fresh draws
 of the source; crops of two training photographs with rd_model_small). Part 4 (each item's own rule): the rule
 before, one count for the lambdas of an image refined together, against each image and lambda stopping by its own
-rule (the same settings): item-steps and loss on Kodak crops of five sizes and on whole Kodak images
-(rd_model_small, lambdas 16, 128, 1024). Prints tables; writes
+rule (the same settings), and against that rule chained along the lambdas (each from the refined offsets of the
+lambda below): item-steps and loss on Kodak crops of five sizes and on whole Kodak images (rd_model_small, lambdas
+16, 128, 1024, or ``--grid 16``: the evaluation's 16 lambdas from 4 to 2048). Prints tables; writes
 ``benchmarks/results/refine_convergence.json`` and ``.png`` (the curves).
 """
 import argparse
@@ -35,7 +37,7 @@ sys.path.insert(0, REPO)
 from benchlib import KODAK_CROPS, kodak_crops  # noqa: E402
 from lvae.evaluation import evaluate_bound, pad_to_multiple  # noqa: E402
 from lvae.evaluation.refine import (Convergence, Refinement, noise_from, posterior_offsets,  # noqa: E402
-                                   refine_posteriors)
+                                   refine_chain, refine_posteriors)
 from lvae.evaluation.results import mean_objective, save_json  # noqa: E402
 from lvae.models import load_model  # noqa: E402
 from lvae.sources import get_source  # noqa: E402
@@ -186,13 +188,14 @@ ITEM_LAMBDAS = [16.0, 128.0, 1024.0]
 
 def refined_loss(model, im, lambdas, refinement, index, together=None):
     """One image's lambdas refined together (as the evaluation does on a CPU; ``together``: a :class:`Together` that
-    decides for them): the loss of a fresh draw with seeds of its own (nats per dimension + lambda x MSE in [-1, 1])
-    per lambda, and each lambda's steps."""
+    decides for them), or along the lambdas where the rule chains them: the loss of a fresh draw with seeds of its
+    own (nats per dimension + lambda x MSE in [-1, 1]) per lambda, and each lambda's steps."""
     im = im.unsqueeze(0)
     padded = pad_to_multiple(im).expand(len(lambdas), -1, -1, -1)
     lmb = torch.tensor(lambdas)
     gens = [torch.Generator().manual_seed(10_000 + 100 * index + j) for j in range(len(lambdas))]
-    offsets, steps = refine_posteriors(model, padded, im, lmb, refinement, gens, on_step=together)
+    refine = refine_chain if refinement.auto and refinement.rule.chain else refine_posteriors
+    offsets, steps = refine(model, padded, im, lmb, refinement, gens, on_step=together)
     draws = [torch.Generator().manual_seed(100 * index + j) for j in range(len(lambdas))]
     with torch.inference_mode(), posterior_offsets(model, offsets):
         x_hat, stats = model.forward_end2end(padded, lmb, noise=noise_from(draws))
@@ -202,17 +205,22 @@ def refined_loss(model, im, lambdas, refinement, index, together=None):
     return (rate + lmb * distortion).double().tolist(), steps
 
 
-def part_items(folder, whole):
-    """The rule before (:class:`Together`) against each item's own rule (the default, the same settings):
-    item-steps (image-lambda pairs times their steps), loss and time on rd_model_small, on the Kodak crops
-    of :data:`benchlib.KODAK_CROPS` and on ``whole`` whole Kodak images."""
+def part_items(folder, whole, grid):
+    """The rule before (:class:`Together`) against each item's own rule (the same settings) and against it chained
+    along the lambdas (:attr:`Convergence.chain`): item-steps (image-lambda pairs times their steps), loss and time
+    on rd_model_small, on the Kodak crops of :data:`benchlib.KODAK_CROPS` and on ``whole`` whole Kodak images, at
+    :data:`ITEM_LAMBDAS` (``grid`` 3) or at the evaluation's grid of ``grid`` lambdas."""
     from lvae.data import load_image
     small = load_model('rd_model_small').model.eval()
+    lambdas = ITEM_LAMBDAS if grid == 3 else small.default_lambdas(grid)
     sets = {'crops': kodak_crops(folder),
             'whole': [load_image(os.path.join(folder, f)) for f in WHOLE[:whole]]}
     rules = {'before (one count per image)': (Refinement('auto', BEFORE.lr, rule=NEVER), True),
-             'own rule (the default)': (Refinement('auto'), False)}
-    out = {'lambdas': ITEM_LAMBDAS, 'crops': [list(c) for c in KODAK_CROPS], 'whole': list(WHOLE[:whole]),
+             'own rule': (Refinement('auto', rule=Convergence(chain=False)), False),
+             'own rule, chained along the lambdas': (Refinement('auto', rule=Convergence(chain=True)), False)}
+    if grid != 3:  # the rule before took the item-steps of the own rule at 3 lambdas: the own rule is the base here
+        del rules['before (one count per image)']
+    out = {'lambdas': lambdas, 'crops': [list(c) for c in KODAK_CROPS], 'whole': list(WHOLE[:whole]),
            'default_rule': asdict(Convergence()), 'rules': {}}
     for label, (refinement, together) in rules.items():
         row = {}
@@ -220,7 +228,7 @@ def part_items(folder, whole):
             if not images:
                 continue
             t0 = time.time()
-            found = [refined_loss(small, im, ITEM_LAMBDAS, refinement, k + 100 * (kind == 'whole'),
+            found = [refined_loss(small, im, lambdas, refinement, k + 100 * (kind == 'whole'),
                                   Together(BEFORE) if together else None) for k, im in enumerate(images)]
             loss, steps = np.array([f[0] for f in found]), np.array([f[1] for f in found])
             row[kind] = {'loss': loss.tolist(), 'mean_loss': loss.mean(0).tolist(), 'steps': steps.tolist(),
@@ -228,16 +236,20 @@ def part_items(folder, whole):
             print(f'{label}, {kind}: {row[kind]["item_steps"]} item-steps, {row[kind]["seconds"]:.0f} s, mean loss '
                   + ', '.join(f'{v:.5f}' for v in row[kind]['mean_loss']), flush=True)
         out['rules'][label] = row
-    before = out['rules']['before (one count per image)']
-    print('\n| rule | images | item-steps | against the rule before | mean loss against it, per lambda |')
+    base = next(iter(out['rules']))
+    before = out['rules'][base]
+    print(f'\n{len(lambdas)} lambdas ({lambdas[0]:g} to {lambdas[-1]:g}), against the {base}\n')
+    print('| rule | images | item-steps | against the base | mean loss against it: over all, per lambda |')
     print('|---|---|---:|---:|---|')
     for label, row in out['rules'].items():
         for kind, r in row.items():
             b = before[kind]
             r['relative_item_steps'] = r['item_steps'] / b['item_steps']
             r['relative_loss'] = [a / c - 1 for a, c in zip(r['mean_loss'], b['mean_loss'])]
+            r['relative_mean_loss'] = float(np.mean(r['loss']) / np.mean(b['loss']) - 1)
             print(f'| {label} | {kind} | {r["item_steps"]} | {r["relative_item_steps"]:.2f}x | '
-                  + ', '.join(f'{100 * g:+.2f}%' for g in r['relative_loss']) + ' |')
+                  f'{100 * r["relative_mean_loss"]:+.2f}%: ' + ', '.join(f'{100 * g:+.2f}%' for g in r['relative_loss'])
+                  + ' |')
     return out
 
 
@@ -288,6 +300,8 @@ def main():
     p.add_argument('--items-only', action='store_true', help='only the rule before against each item\'s own, on Kodak '
                    'crops and --whole whole images (needs --kodak; merged into --out)')
     p.add_argument('--whole', type=int, default=1, help='whole Kodak images in --items-only (at most 2)')
+    p.add_argument('--grid', type=int, default=3, help="--items-only at 3 lambdas (16, 128, 1024) or at the "
+                   "evaluation's grid of this many (16: the default of eval-var-rate.py)")
     p.add_argument('--photos', default=None, help='the training photographs folder (for --windows-only)')
     p.add_argument('--plot-only', action='store_true', help='redraw the plot of --out')
     p.add_argument('--kodak', default=None, help='a Kodak folder: also rd_model_small on two 256x256 crops')
@@ -312,7 +326,7 @@ def main():
         with open(args.out) as f:
             record = json.load(f)
         if args.items_only:
-            record['items'] = part_items(args.kodak, args.whole)
+            record['items' if args.grid == 3 else f'items_{args.grid}'] = part_items(args.kodak, args.whole, args.grid)
         if args.rule_only:
             record['rule_vs_1500'] = part_rule(model, source.held_out()[:args.rule_images], model.default_lambdas(6))
         if args.windows_only:

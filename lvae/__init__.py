@@ -11,9 +11,10 @@ sources with a known R(D), evaluation, training, and the command-line tools on t
 """
 __version__ = '0.1.0'
 
-from lvae import accel  # noqa: E402
-from lvae.evaluation.bdrate import bd_psnr, bd_rate  # noqa: E402
-from lvae.models import RDConfig, VariableRateLossyVAE, get_model, list_models, load_model, register_model  # noqa: E402
+from lvae.lazy import exports  # noqa: E402
 
-__all__ = ['accel', 'bd_psnr', 'bd_rate', 'get_model', 'list_models', 'load_model', 'register_model',
-           'RDConfig', 'VariableRateLossyVAE']
+_FROM = {'accel': 'lvae.accel', 'bd_psnr': 'lvae.evaluation.bdrate', 'bd_rate': 'lvae.evaluation.bdrate',
+         **dict.fromkeys(['RDConfig', 'VariableRateLossyVAE', 'get_model', 'list_models', 'load_model',
+                          'register_model'], 'lvae.models')}
+__all__ = list(_FROM)
+__getattr__, __dir__ = exports(__name__, _FROM)  # torch is imported at the first use of one of these

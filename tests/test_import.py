@@ -1,7 +1,8 @@
 """Importing lvae and drawing a plot change nothing global (the matplotlib backend, logger levels and the RNG states
-stay, pyplot is not imported); every import path the README, the docs and the notebook show works; every ``python -m lvae.*`` command
-answers ``--help``."""
+stay, pyplot is not imported); importing lvae and the scripts' ``--help`` load no torch; every import path the
+README, the docs and the notebook show works; every ``python -m lvae.*`` command answers ``--help``."""
 import importlib
+import os
 import inspect
 import subprocess
 import sys
@@ -76,3 +77,26 @@ def test_every_command_answers_help(command, capsys):
     with pytest.raises(SystemExit) as done:
         importlib.import_module(f'{command}.__main__').main(['--help'])
     assert done.value.code == 0 and f'python -m {command}' in capsys.readouterr().out
+
+
+HELP = r'''
+import runpy, sys
+import lvae, lvae.evaluation, lvae.training
+assert 'torch' not in sys.modules, 'import lvae loaded torch'
+sys.argv = [sys.argv[1], '--help']
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+except SystemExit as e:
+    assert e.code == 0, e.code
+assert 'torch' not in sys.modules, '--help loaded torch'
+'''
+
+
+@pytest.mark.parametrize('script, flag', [('eval-var-rate.py', '--refine'), ('train-var-rate.py', '--lr_warmup')])
+def test_importing_lvae_and_the_scripts_help_load_no_torch(script, flag):
+    """--help answers in a fraction of a second: no torch, timm or torchvision behind it."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, '-c', HELP, os.path.join(repo, script)], capture_output=True, text=True,
+                         timeout=120, cwd=repo)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert flag in out.stdout and 'usage:' in out.stdout

@@ -8,7 +8,7 @@ import sys
 
 from lvae.cli import FlagParser
 from lvae.evaluation.anchors import DEFAULT_ANCHOR, TRUE_RD, default_anchor, list_anchors, read_curve, \
-    resolve_anchor_curve, same_images
+    resolve_anchor_curve, rows_against_curve, same_images
 from lvae.evaluation.intervals import bootstrap
 from lvae.evaluation.report import comparison
 from lvae.sources import find_source
@@ -32,6 +32,8 @@ def main(argv=None):
         test_psnr = read['curve']['psnr'] + read['curve'].get('psnr_of_mean_mse', [])  # as eval-var-rate.py
         refs = {os.path.basename(anchor): resolve_anchor_curve(anchor, dataset, test_psnr=test_psnr)}
         intervals = None
+        for warning in rows_against_curve(read, args.result):
+            print(f'warning: {warning}', file=sys.stderr)
         if read['per_image'] is not None:
             settings = {key: read['intervals'][key] for key in ('resamples', 'seed', 'level')
                         if read['intervals'] and key in read['intervals']}

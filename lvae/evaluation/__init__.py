@@ -7,9 +7,11 @@
 >>> from lvae.evaluation import evaluate_bound
 >>> result = evaluate_bound(model, 'kodak', steps=16)   # bpp (bits per original pixel) and PSNR per lambda
 """
-from lvae.evaluation.bound import (BPP_PIXELS, NOISE, InvalidImagesError, bound_of_image, compile_for_eval,
-                                   default_device, evaluate_bound, lambda_grid, pad_to_multiple)
-from lvae.evaluation.testsets import TestSet, as_test_set
+from lvae.lazy import exports
 
-__all__ = ['BPP_PIXELS', 'NOISE', 'InvalidImagesError', 'TestSet', 'as_test_set', 'bound_of_image',
-           'compile_for_eval', 'default_device', 'evaluate_bound', 'lambda_grid', 'pad_to_multiple']
+_FROM = {**dict.fromkeys(['BPP_PIXELS', 'NOISE', 'InvalidImagesError', 'bound_of_image', 'compile_for_eval',
+                          'default_device', 'evaluate_bound', 'lambda_grid', 'pad_to_multiple'],
+                         'lvae.evaluation.bound'),
+         'TestSet': 'lvae.evaluation.testsets', 'as_test_set': 'lvae.evaluation.testsets'}
+__all__ = list(_FROM)
+__getattr__, __dir__ = exports(__name__, _FROM)  # torch is imported at the first use of one of these

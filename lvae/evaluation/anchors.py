@@ -9,12 +9,11 @@ import os
 
 import numpy as np
 
+from lvae.evaluation.choices import DEFAULT_ANCHOR, TRUE_RD
 from lvae.evaluation.results import dataset_curves, per_image_figures
 from lvae.sources import find_source, true_curve
 
 ANCHORS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'anchors.json')
-DEFAULT_ANCHOR = 'vtm-18.0'
-TRUE_RD = 'true-rd'  # the exact R(D) of a source (lvae.sources), where the dataset is one
 
 
 def _anchor_data():
@@ -42,7 +41,8 @@ def read_curve(path):
     ``{bpp, psnr}``. Returns a dict: ``name``, ``dataset`` (or None), ``curve`` (``bpp``, ``psnr`` and, when
     the file has them, ``psnr_of_mean_mse`` / ``mse_255``), ``per_image`` (``(bpp, psnr, mse)`` (N, L) arrays,
     or None), ``files`` (the per-image rows' file names, or None), ``hashes`` (the sha256 of each row's file where
-    the result records it, else None in its place) and ``intervals`` (the file's bootstrap settings, or None)."""
+    the result records it, else None in its place), ``intervals`` (the file's bootstrap settings, or None) and
+    ``num_images`` (the images its curve is of, where it says)."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -68,7 +68,28 @@ def read_curve(path):
     return {'name': data.get('name') or os.path.splitext(os.path.basename(path))[0],
             'dataset': data.get('test-set') or data.get('dataset_name'), 'curve': curve, 'per_image': per_image,
             'files': files, 'hashes': [by_name.get(f) for f in files] if files is not None else None,
-            'intervals': data.get('intervals') if isinstance(data.get('intervals'), dict) else None}
+            'intervals': data.get('intervals') if isinstance(data.get('intervals'), dict) else None,
+            'num_images': data.get('num_images') if isinstance(data.get('num_images'), int) else None}
+
+
+def rows_against_curve(read, path):
+    """Warnings (strings) where the per-image rows of a :func:`read_curve` result are not what its curve is of:
+    fewer rows than the images it counts, or rows whose means are another curve. The interval is the rows'."""
+    if read['per_image'] is None:
+        return []
+    rows, warnings = len(read['per_image'][0]), []
+    if read['num_images'] is not None and rows < read['num_images']:
+        warnings.append(f'{path} holds per-image rows for {rows} of the {read["num_images"]} images of its curve: '
+                        f'the interval is of those {rows}')
+    means = dataset_curves(*read['per_image'])
+    for key, close in (('bpp', dict(rtol=1e-3, atol=0)), ('psnr', dict(rtol=0, atol=5e-3))):
+        mine, stated = np.asarray(means[key], float), np.asarray(read['curve'][key], float)
+        if mine.shape != stated.shape or not np.allclose(mine, stated, **close):
+            worst = np.max(np.abs(mine - stated)) if mine.shape == stated.shape else None
+            warnings.append(f'{path}: the means of its per-image rows are not its curve (results.{key}'
+                            + (f', up to {worst:.4g} apart' if worst is not None else ', another number of points')
+                            + '): the BD-rate is of the curve, the interval of the rows')
+    return warnings
 
 
 def _numbers(path, key, values, length=None):

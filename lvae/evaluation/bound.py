@@ -21,18 +21,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lvae import accel
+from lvae.evaluation.choices import BPP_PIXELS, NOISE
 from lvae.evaluation.journal import WHOLE, Journal, image_digest, journal_settings
-from lvae.evaluation.refine import Refinement, noise_from, posterior_offsets, refine_posteriors
+from lvae.evaluation.refine import Refinement, noise_from, posterior_offsets, refine_chain, refine_posteriors
 from lvae.evaluation.results import dataset_curves, psnr
 from lvae.evaluation.testsets import as_test_set
 from lvae.models.rd.model import MAX_STRIDE
 
-BPP_PIXELS = ('original', 'padded')
-# Where the posterior draws are made. 'device': on the model's device (no host work or copy; the draws differ
-# between device types). 'cpu': on CPU generators, then copied: the same draws on every device. A CPU makes the
-# 78M draws of one Kodak image at 16 lambdas for rd_model_base in 0.58 s (2-core EPYC), more than an H100 takes
-# for the image's whole evaluation in bf16 (0.5 s, benchmarks/RESULTS.md), so 'device' is the default.
-NOISE = ('device', 'cpu')
 # Lambdas batched per forward on CPU: up to this many padded pixels, i.e. 4 lambdas of a Kodak image. 16 lambdas
 # of one Kodak image ran 0.97-1.04x (rd_model_base on a 2-core Xeon, within the machine's noise), 1.08x (on a
 # 2-core EPYC) and 1.15x (rd_model_small) as fast 4 per forward as 1 per forward; all 16 in one forward gained
@@ -151,6 +146,13 @@ def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None, noise='devic
     im = im.to(device).unsqueeze(0)
     padded = pad_to_multiple(im)
     bits, mse = np.empty(len(lambdas)), np.empty(len(lambdas))
+    chained = None  # the offsets of every item, refined along the lambdas first (Convergence.chain)
+    if refinement is not None and refinement.auto and refinement.rule.chain:
+        drawn = [torch.Generator(noise_device).manual_seed(s) for s in refine_seeds]
+        chained, taken = refine_chain(model, padded.expand(len(lambdas), -1, -1, -1), im,
+                                      torch.tensor(lambdas, dtype=torch.float32, device=device), refinement, drawn, amp)
+        if refine_steps is not None:
+            refine_steps[:] = taken
     start = 0
     while start < len(lambdas):
         n = sizer.size(len(lambdas) - start, padded.shape[2] * padded.shape[3])
@@ -158,8 +160,8 @@ def bound_of_image(model, im, lambdas, seeds, sizer=None, amp=None, noise='devic
         gens = [torch.Generator(noise_device).manual_seed(s) for s in seeds[chunk]]
         lmb = torch.tensor(lambdas[chunk], dtype=torch.float32, device=device)
         try:
-            offsets = None
-            if refinement is not None:
+            offsets = None if chained is None else [o[chunk] for o in chained]
+            if refinement is not None and chained is None:
                 drawn = [torch.Generator(noise_device).manual_seed(s) for s in refine_seeds[chunk]]
                 offsets, taken = refine_posteriors(model, padded.expand(n, -1, -1, -1), im, lmb, refinement, drawn,
                                                    amp)

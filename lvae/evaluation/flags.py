@@ -1,7 +1,6 @@
-"""The flags of eval-var-rate.py: the types argparse needs, their checks before anything is read, the model they
-name, which part of a spread evaluation this process takes, and the settings a result records
-(lvae.evaluation.outputs.SETTINGS)."""
-import argparse
+"""The flags of eval-var-rate.py (their choices and types: lvae.evaluation.choices): their checks before anything
+is read, the model they name, which part of a spread evaluation this process takes, and the settings a result
+records (lvae.evaluation.outputs.SETTINGS)."""
 import math
 import sys
 
@@ -9,25 +8,10 @@ import torch
 
 import lvae
 from lvae.evaluation.bound import default_device
-from lvae.evaluation.refine import AUTO, Refinement
+from lvae.evaluation.choices import AUTO, DEFAULT_MODEL
+from lvae.evaluation.refine import Convergence, Refinement
 from lvae.evaluation.shards import Part, parse_shard
 from lvae.models import load_model, parse_model_args
-
-DEFAULT_MODEL = 'rd_model_small'
-
-
-def lambdas_per_forward(text):
-    """--lmb-batch: 'auto' or a positive integer."""
-    if text == 'auto' or (text.isdigit() and int(text) > 0):
-        return text if text == 'auto' else int(text)
-    raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
-
-
-def refine_steps(text):
-    """--refine: a number of steps (checked >= 0 with the other flags), or 'auto'."""
-    if text == AUTO or text.lstrip('-').isdigit():
-        return text if text == AUTO else int(text)
-    raise argparse.ArgumentTypeError(f"expected a number of steps >= 0 or 'auto', got {text!r}")
 
 
 def check_flags(args):
@@ -40,6 +24,15 @@ def check_flags(args):
         raise ValueError(f"--refine: refinement needs steps >= 0 or 'auto', got {args.refine}")
     if args.refine_lr is not None and not 0 < args.refine_lr <= Refinement.max_lr:
         raise ValueError(f'--refine-lr must be a learning rate in (0, {Refinement.max_lr:g}], got {args.refine_lr}')
+    if args.refine_lr is not None and not args.refine:
+        raise ValueError(f"--refine-lr {args.refine_lr:g} is the rate of a refinement: give --refine STEPS or 'auto' "
+                         f'with it, or leave it out')
+    if args.refine_chain and args.refine != AUTO:
+        raise ValueError(f"--refine-chain chains refinements to convergence: give it with --refine auto, got --refine "
+                         f"{args.refine}")
+    if args.output is not None and not args.output.strip():
+        raise ValueError(f'--output {args.output!r} names no file: give a path such as results/kodak.json, or leave '
+                         f'the flag out for runs/eval/<name>-<dataset>.json')
     if args.lmb_range is not None:
         low, high = args.lmb_range
         if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
@@ -54,8 +47,13 @@ def settings_of(args, loaded, test, lambdas):
     return {'model': loaded.name, 'model_config': loaded.model.config.to_dict(), 'weights_sha256': loaded.sha256,
             'test-set': test.name, 'lambdas': lambdas, 'lvae': lvae.__version__, 'torch': torch.__version__,
             'bpp_pixels': args.bpp_pixels, 'samples': args.samples, 'seed': args.seed,
-            'refine': Refinement(args.refine, args.refine_lr).record(args.seed) if args.refine else None,
+            'refine': refinement_of(args).record(args.seed) if args.refine else None,
             'amp': args.amp, 'noise': args.noise}
+
+
+def refinement_of(args):
+    """The :class:`~lvae.evaluation.refine.Refinement` of --refine, --refine-lr and --refine-chain."""
+    return Refinement(args.refine, args.refine_lr, rule=Convergence(chain=True) if args.refine_chain else None)
 
 
 def part_of(args, ranks):
@@ -75,7 +73,7 @@ def bound_settings(args, ranks):
     return dict(device=device, bpp_pixels=args.bpp_pixels, samples=args.samples, seed=args.seed,
                 skip_invalid=args.skip_invalid, lmb_batch=args.lmb_batch, amp=args.amp, tf32_ok=args.tf32,
                 noise=args.noise, progress='lines' if args.no_progress else True,
-                refine=Refinement(args.refine, args.refine_lr) if args.refine else None)
+                refine=refinement_of(args) if args.refine else None)
 
 
 def model_of(args, warn=True):

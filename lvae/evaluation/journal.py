@@ -7,6 +7,7 @@ exactly), the refinement's steps and the seconds it took. Each line is flushed t
 a last line cut short by a kill is dropped when the journal is read. A resumed evaluation gives the same numbers as
 one run through, since every draw is seeded by image and lambda, never by the order of the work.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import warnings
 import numpy as np
 import torch
 
+from lvae.errors import write_failure
 from lvae.evaluation.results import atomic_path
 
 VERSION = 2  # 2: the model's config and the code's versions in the settings
@@ -80,11 +82,12 @@ class Journal:
         if lines and not self._agrees(self.path, lines, settings):
             lines = []
         self.entries = _indexed(lines[1:])
-        with atomic_path(self.path) as tmp, open(tmp, 'w') as f:  # rewritten whole: a line cut short is dropped
-            for line in [{'settings': settings}, *self.entries.values()]:
-                f.write(json.dumps(line) + '\n')
-            f.flush()
-            os.fsync(f.fileno())
+        with self._writing():
+            with atomic_path(self.path) as tmp, open(tmp, 'w') as f:  # rewritten whole: a line cut short is dropped
+                for line in [{'settings': settings}, *self.entries.values()]:
+                    f.write(json.dumps(line) + '\n')
+                f.flush()
+                os.fsync(f.fileno())
         self.found = {}
         for other in self.others:
             lines = self._read(other)
@@ -146,11 +149,21 @@ class Journal:
         entry = {'index': index, 'file': name, 'digest': digest, 'bits': np.asarray(bits, np.float64).tolist(),
                  'mse': np.asarray(mse, np.float64).tolist(), 'steps': np.asarray(steps).tolist(),
                  'seconds': float(seconds), 'part': self.label}
-        with open(self.path, 'a') as f:
+        with self._writing(), open(self.path, 'a') as f:
             f.write(json.dumps(entry) + '\n')
             f.flush()
             os.fsync(f.fileno())
         self.entries[index] = entry
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """An OSError while writing the journal names it and what stopped the write (a full disk, ...)."""
+        try:
+            yield
+        except OSError as e:
+            raise OSError(f'cannot write the journal {self.path}: '
+                          f'{write_failure(e, os.path.dirname(os.path.abspath(self.path)))}; the images it holds are '
+                          f'kept: the same command resumes once it can be written') from None
 
     def remove(self):
         """Delete our journal and the others read."""

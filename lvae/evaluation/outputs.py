@@ -14,8 +14,10 @@
 import contextlib
 import errno
 import fcntl
+import glob
 import json
 import os
+import pwd
 import re
 
 from lvae.errors import write_failure
@@ -168,35 +170,86 @@ def _short(value):
 @contextlib.contextmanager
 def output_lock(out, part=None):
     """Hold ``out`` (or its ``part``) for one evaluation: a second one asking for it meanwhile gets
-    :class:`OutputError` naming the process. The lock (``.<name>.lock[-K-of-N]`` beside it, a POSIX lock) is released
-    and removed at the block's end, and released by the system when a process dies."""
+    :class:`OutputError` naming the process. The lock (``.<name>.lock[-K-of-N]`` beside it, a POSIX lock) is removed
+    at the block's end before it is released, and released by the system when a process dies; whoever takes it
+    checks that the file it locked is still the one at its path (else another took the path's new file: it tries
+    again), so two evaluations never both hold it. The holder first removes the temporary files that a killed
+    write of its own files (the result, the plot, the journal) left."""
     lock = hidden_beside(out, '.lock' + (part.suffix if part else ''))
-    try:
-        os.makedirs(os.path.dirname(lock), exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        raise OSError(f'cannot write {lock}: {e.strerror or e}') from None
-    try:
+    what = f'part {part.label} of {out}' if part else out
+    while True:
+        fd = _locked(lock, what)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or 'unknown'
-            what = f'part {part.label} of {out}' if part else out
-            raise OutputError(f'another evaluation (pid {holder}) is writing {what} now; wait for it, or choose '
-                              f'another --output') from None
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed it after we opened it: the lock is the path's file now
+    try:
         try:  # who holds it, for the message of a second evaluation (on a full disk the lock works without it)
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
         except OSError:
             pass
+        _remove_leftovers(([out, plot_path(out)] if part is None else []) + [journal_path(out, part)])
         try:
             yield
         finally:
             os.remove(lock)
     finally:
         os.close(fd)
+
+
+def _locked(lock, what):
+    """A descriptor of ``lock`` (opened or made) holding its POSIX lock; OutputError if another process holds it."""
+    try:
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise OSError(f'cannot write {lock}: {e.strerror or e}{_owner_hint(lock, e)}') from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            raise OSError(f'cannot lock {lock}: {e.strerror or e}') from None
+        raise OutputError(f'another evaluation (pid {_holder(lock)}) is writing {what} now; wait for it, or choose '
+                          f'another --output') from None
+    return fd
+
+
+def _owner_hint(lock, error):
+    """Where the lock is another user's file: whose, and the ways out."""
+    try:
+        owner = os.stat(lock).st_uid
+    except OSError:
+        return ''
+    if error.errno != errno.EACCES or owner == os.getuid():
+        return ''
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = f'uid {owner}'
+    return (f'; the lock is {name}\'s: an evaluation of theirs writes this output, or one of theirs was killed and '
+            f'left it (then remove it); or choose another --output')
+
+
+def _holder(lock):
+    try:
+        with open(lock) as f:
+            return f.read(64).strip() or 'unknown'
+    except OSError:
+        return 'unknown'
+
+
+def _remove_leftovers(paths):
+    """Remove the temporaries (:func:`lvae.evaluation.results.atomic_path`) of writes of ``paths`` that a kill cut
+    short: only their writer, who held the lock, could have been making them."""
+    for path in paths:
+        folder, name = os.path.split(os.path.abspath(path))
+        for leftover in glob.glob(os.path.join(glob.escape(folder), '.' + glob.escape(name) + '.' + '?' * 8 + '.tmp')):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
 
 
 def write_pair(out, write_json, draw_plot):

@@ -16,17 +16,15 @@ saw: the refined channel is a function of the image (and of the optimisation's o
 image), so its KL estimate is unbiased and the point stays an upper bound (docs/evaluation.md, "Refinement").
 """
 import contextlib
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 
+from lvae.evaluation.choices import AUTO, AUTO_LR, FIXED_LR, MAX_LR
 from lvae.models.rd.model import LatentVariableBlock
 
 PARAMETRISATION = "offsets to the encoder's posterior pre-activations (mean and std heads), per latent and position"
-
-
-AUTO = 'auto'
-FIXED_LR = 0.01  # the learning rate of a fixed number of steps (``refine=N``)
 
 
 @dataclass
@@ -37,7 +35,7 @@ class Refinement:
     steps: object
     lr: float = None
     rule: 'Convergence' = None
-    max_lr = 1.0  # an Adam step moves each offset by about lr: more than 1 throws a posterior far from the data
+    max_lr = MAX_LR
 
     def __post_init__(self):
         if self.steps != AUTO:
@@ -69,24 +67,32 @@ class Convergence:
     draw on its own: Adam from ``lr``; every ``window`` steps the gain is the relative fall of the item's loss,
     averaged over the window, from the window before; once it falls under ``tol`` the item's learning rate is cut by
     ``factor``, and after ``cuts`` such cuts the item stops (at ``max_steps`` at the latest). An item's steps and
-    figures depend on nothing refined beside it. Measured in benchmarks/refine_convergence.py."""
-    lr: float = 0.03
+    figures depend on nothing refined beside it. ``chain``: an image's lambdas are refined in ascending order, each
+    from the refined offsets of the lambdas below it (the lowest from the encoder's posterior; the second from the
+    first's; each next one from the two below, extrapolated linearly in log lambda), and such a warm item starts
+    after the first cut (from ``lr * factor``, ``cuts - 1`` cuts left): its steps and figures depend on the
+    lambdas below it in the grid, and on nothing else refined beside it. Measured in
+    benchmarks/refine_convergence.py."""
+    lr: float = AUTO_LR
     window: int = 20
     tol: float = 3e-3
     factor: float = 0.3
     cuts: int = 2
     max_steps: int = 1500
+    chain: bool = False
 
-    def tracker(self):
-        """A fresh count for one item: its :meth:`_Plateaus.update` takes each step's loss."""
-        return _Plateaus(self)
+    def tracker(self, warm=False):
+        """A fresh count for one item (``warm``: one that starts from another's refined offsets, after the first
+        cut): its :meth:`_Plateaus.update` takes each step's loss."""
+        return _Plateaus(self, warm)
 
 
 class _Plateaus:
     """One item's progress under a :class:`Convergence`."""
 
-    def __init__(self, rule):
-        self.rule, self.previous, self.total, self.cut, self.steps = rule, None, 0.0, 0, 0
+    def __init__(self, rule, warm=False):
+        self.rule, self.previous, self.total, self.steps = rule, None, 0.0, 0
+        self.cut = 1 if warm and rule.cuts else 0
 
     def update(self, loss, optimiser):
         """Count a step whose loss was ``loss`` (a float); cut ``optimiser``'s rate on a plateau; returns whether
@@ -148,17 +154,21 @@ def noise_from(generators):
 
 class _Item:
     """One image, lambda and draw being refined: its offsets (one (1, 2Z, h, w) tensor per latent block, made at
-    its first forward), its own Adam, its own stopping rule and its own stream of draws."""
+    its first forward unless it starts from ``start``, another item's refined offsets), its own Adam, its own
+    stopping rule and its own stream of draws."""
 
-    def __init__(self, index, refinement, generator):
+    def __init__(self, index, refinement, generator, start=None):
         self.index, self.refinement, self.generator = index, refinement, generator
-        self.offsets, self.optimiser, self.steps, self.loss, self.done = None, None, 0, None, False
-        self.tracker = refinement.rule.tracker() if refinement.auto else None
+        self.optimiser, self.steps, self.loss, self.done = None, 0, None, False
+        self.offsets = None if start is None else [s.detach().clone().float().requires_grad_(True) for s in start]
+        warm = start is not None and refinement.auto
+        self.lr = refinement.lr * (refinement.rule.factor if warm and refinement.rule.cuts else 1)
+        self.tracker = refinement.rule.tracker(warm) if refinement.auto else None
 
     def step(self, loss):
         """Adam's step on the gradient the backward left, then the rule's word on the item's ``loss`` (a float)."""
         if self.optimiser is None:
-            self.optimiser = torch.optim.Adam(self.offsets, lr=self.refinement.lr)
+            self.optimiser = torch.optim.Adam(self.offsets, lr=self.lr)
         self.optimiser.step()
         self.optimiser.zero_grad(set_to_none=True)
         self.steps, self.loss = self.steps + 1, loss
@@ -187,13 +197,15 @@ def _items_offsets(model, items):
             handle.remove()
 
 
-def refine_posteriors(model, padded, im, lmb, refinement, generators, amp=None, on_step=None):
+def refine_posteriors(model, padded, im, lmb, refinement, generators, amp=None, on_step=None, start=None):
     """Refine the posterior of each of n items (an image at a lambda, with its own draws) until each stops on its own:
     ``padded`` (n, 3, H', W') the images padded to multiples of 64, ``im`` (n or 1, 3, H, W) the images themselves,
     ``lmb`` (n,), ``generators`` one per item for the optimisation's standard normal draws. An item that stops
     leaves the batch: its offsets, its steps and the draws it saw depend on nothing else in it. ``on_step(batch)``,
     when given, is called after each step with the items that took it (each with its ``index``, ``steps``, the
-    ``loss`` of the step and its ``offsets``, one (1, 2Z, h, w) tensor per latent block).
+    ``loss`` of the step and its ``offsets``, one (1, 2Z, h, w) tensor per latent block). ``start``: offsets the
+    items start from (as returned here, e.g. those of a neighbouring lambda; warm items, see
+    :attr:`Convergence.chain`), instead of zeros (the encoder's posterior).
 
     Returns ``(offsets, steps)``: one (n, 2Z, h, w) tensor per latent block, and the steps each item took (a list)."""
     if not hasattr(model, 'dec_blocks'):
@@ -201,7 +213,8 @@ def refine_posteriors(model, padded, im, lmb, refinement, generators, amp=None, 
     h, w = im.shape[2:]
     target = model.preprocess_target(im)
     dims = im.shape[1] * h * w
-    items = [_Item(k, refinement, g) for k, g in enumerate(generators)]
+    items = [_Item(k, refinement, g, None if start is None else [s[k:k + 1] for s in start])
+             for k, g in enumerate(generators)]
     autocast = torch.autocast(padded.device.type, dtype=torch.bfloat16, enabled=amp == 'bf16')
     with frozen(model), torch.enable_grad():
         with torch.no_grad(), autocast:
@@ -231,3 +244,32 @@ def refine_posteriors(model, padded, im, lmb, refinement, generators, amp=None, 
         return None, [0] * len(items)
     offsets = [torch.cat([item.offsets[i] for item in items]).detach() for i in range(len(items[0].offsets))]
     return offsets, [item.steps for item in items]
+
+
+def refine_chain(model, padded, im, lmb, refinement, generators, amp=None, on_step=None):
+    """:func:`refine_posteriors` along the lambdas (:attr:`Convergence.chain`): the items at the lowest lambda of
+    ``lmb`` from the encoder's posterior, then those at each next lambda from the refined offsets of the items at
+    the lambdas below them, extrapolated linearly in log lambda from the two below (the i-th item at a lambda, in
+    the order given, continues the i-th at the lambdas below: one chain per draw). Every lambda needs the same
+    number of items. Arguments and return as :func:`refine_posteriors`'s."""
+    values = lmb.tolist()
+    rows = {v: [i for i, x in enumerate(values) if x == v] for v in sorted(set(values))}
+    if len({len(r) for r in rows.values()}) > 1:
+        raise ValueError(f'a chain of refinements needs as many items at each lambda, got '
+                         f'{ {v: len(r) for v, r in rows.items()} }')
+    offsets, steps, below = [None] * len(values), [0] * len(values), []   # below: (log lambda, offsets), nearest last
+    for value, at in rows.items():
+        start = below[-1][1] if below else None
+        if len(below) == 2:   # on the line through the two below, in log lambda
+            (x0, o0), (x1, o1) = below
+            slope = (math.log(value) - x1) / (x1 - x0)
+            start = [b + slope * (b - a) for a, b in zip(o0, o1)]
+        index = torch.tensor(at, device=padded.device)
+        found, taken = refine_posteriors(model, padded[index], im if im.shape[0] == 1 else im[index], lmb[index],
+                                         refinement, [generators[i] for i in at], amp, on_step, start=start)
+        if found is None:  # zero steps: nothing refined
+            return None, steps
+        for r, i in enumerate(at):
+            offsets[i], steps[i] = [o[r:r + 1] for o in found], taken[r]
+        below = [*below[-1:], (math.log(value), found)]
+    return [torch.cat([o[b] for o in offsets]) for b in range(len(offsets[0]))], steps

@@ -36,7 +36,7 @@ def bd_table(test, anchor, name='test', anchor_name='anchor', dataset='', interv
              f'(PSNR overlap {overlap(anchor["psnr"], test["psnr"]):.0%}):', '',
              '| PSNR | method | BD-rate (%) | BD-PSNR (dB) |', '|---|---|---:|---:|']
     enough = len(test['bpp']) >= MIN_POINTS
-    notes, mixed = [], False
+    notes, mixed, fits = [], False, []
     for conv, conv_label in CONVENTIONS.items():
         test_psnr = convention_psnr(test, conv)
         if test_psnr is None:
@@ -45,8 +45,10 @@ def bd_table(test, anchor, name='test', anchor_name='anchor', dataset='', interv
         if anchor_psnr is None:
             anchor_psnr, mixed = anchor['psnr'], True
             conv_label += ' *'
+        rates = {}
         for method in METHODS:
-            rate = bd_rate(anchor['bpp'], anchor_psnr, test['bpp'], test_psnr, method) if enough else np.nan
+            rate = rates[method] = bd_rate(anchor['bpp'], anchor_psnr, test['bpp'], test_psnr, method) if enough \
+                else np.nan
             psnr = bd_psnr(anchor['bpp'], anchor_psnr, test['bpp'], test_psnr, method) if enough else np.nan
             cell = _fmt(rate, '+.2f')
             band = (interval or {}).get(conv) if method == 'cubic' else None
@@ -54,6 +56,10 @@ def bd_table(test, anchor, name='test', anchor_name='anchor', dataset='', interv
                 cell += f' [{band[0]:+.2f}, {band[1]:+.2f}]'
             lines.append(f'| {conv_label} | {"cubic (paper)" if method == "cubic" else method} | {cell} | '
                          f'{_fmt(psnr, "+.3f")} |')
+        band = (interval or {}).get(conv)
+        gap = abs(rates['cubic'] - rates['pchip'])
+        if band is not None and np.isfinite(gap) and gap > band[1] - band[0]:
+            fits.append(f'{CONVENTIONS[conv]}: {gap:.2f} points')
     if not enough:
         notes.append(f'n/a: BD-rate needs at least {MIN_POINTS} points on the test curve, got {len(test["bpp"])} '
                      f'(evaluate at {MIN_POINTS} or more lambdas, e.g. --steps 16)')
@@ -61,6 +67,9 @@ def bd_table(test, anchor, name='test', anchor_name='anchor', dataset='', interv
         notes.append('n/a: the curves share no PSNR range, so BD-rate is undefined (an untrained model?)')
     if interval_note and any(band is not None for band in (interval or {}).values()):
         notes.append(f'[low, high]: {interval_note}')
+    if fits:
+        notes.append(f'warning: the cubic and pchip fits differ by more than the interval is wide ({"; ".join(fits)}): '
+                     f'the BD-rate is no more certain than the fit between too few or uneven points')
     if mixed:
         notes.append(f'*: {anchor_name} is published as mean of per-image PSNR only; that curve is the anchor '
                      f'in this row too')

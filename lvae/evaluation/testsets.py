@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from lvae.data import ImageError, dataset_name, decode_image, list_images, to_tensor
+from lvae.data import ImageError, dataset_name, list_images, read_image_file, to_tensor
 from lvae.data.downloads import expected_images
 from lvae.evaluation.anchors import DEFAULT_ANCHOR, TRUE_RD
-from lvae.evaluation.results import dataset_record
 from lvae.sources import GaussianField, resolve, source_record
 
 
@@ -27,7 +26,7 @@ class TestSet:
     name, a source's name); ``images``: ``[(name, pixels)]``, pixels a (3, H, W) float tensor in [0, 1] or a file's
     decoded ``(values, scale)``; ``skipped``: an :class:`~lvae.data.ImageError` per unusable file; ``source``: the
     source whose held-out sample the images are (or None); ``folder``: where the files are (or None); ``paths``:
-    the usable files, in the order of ``images``."""
+    the usable files, in the order of ``images``; ``files``: their names, sizes and sha256, of the bytes decoded."""
     __test__ = False  # a test set, not a test: pytest leaves it alone where a test module imports it
     name: str
     images: list
@@ -35,6 +34,7 @@ class TestSet:
     source: GaussianField = None
     folder: str = None
     paths: list = None
+    files: list = None
 
     def __len__(self):
         return len(self.images)
@@ -48,8 +48,8 @@ class TestSet:
         """The set of its first ``n`` images (all when ``n`` is 0 or None)."""
         if not n:
             return self
-        paths = self.paths[:n] if self.paths is not None else None
-        return TestSet(self.name, self.images[:n], self.skipped, self.source, self.folder, paths)
+        paths, files = (self.paths[:n], self.files[:n]) if self.paths is not None else (None, None)
+        return TestSet(self.name, self.images[:n], self.skipped, self.source, self.folder, paths, files)
 
     @property
     def partial(self):
@@ -75,8 +75,8 @@ class TestSet:
         sizes and sha256 (never the machine's paths)."""
         if self.source is not None:
             return {**source_record(self.source.name), 'images': len(self.images)}
-        if self.paths is not None:
-            record = dataset_record(self.name, self.paths)
+        if self.files is not None:
+            record = {'name': self.name, 'files': self.files}
             return {**record, 'expected_images': self.partial[1]} if self.partial else record
         return {'name': self.name, 'images': len(self.images), 'shapes': sorted({tuple(p.shape) for _, p in
                                                                                   self.images})}
@@ -117,13 +117,17 @@ def _held_out(source):
 
 
 def _decoded(name, paths, folder, progress):
-    """The files decoded once each; those that are not usable images go to ``skipped``."""
-    items, good, bad = [], [], []
+    """The files read and decoded once each, hashed from the bytes decoded; those that are not usable images go to
+    ``skipped``."""
+    items, good, files, bad = [], [], [], []
     for path in tqdm(paths, desc=f'reading {name}', unit='img', disable=not progress or len(paths) < 32,
                      leave=False):
         try:
-            items.append((os.path.basename(path), decode_image(path)))
-            good.append(path)
+            values, scale, facts = read_image_file(path)
         except ImageError as e:
             bad.append(e)
-    return TestSet(name, items, bad, folder=folder, paths=good)
+            continue
+        items.append((os.path.basename(path), (values, scale)))
+        good.append(path)
+        files.append(facts)
+    return TestSet(name, items, bad, folder=folder, paths=good, files=files)

@@ -10,9 +10,9 @@ typed settings (:class:`RunSettings`, :class:`TrainingRun`).
 validation, checkpoints: ``lvae.training.run``, ``lvae.training.runs``, ``lvae.training.distributed``); a notebook
 can do the same (docs/training.md, "Reading the script").
 """
-from lvae.training.recipe import Recipe
-from lvae.training.run import TrainingRun
-from lvae.training.settings import RunSettings
-from lvae.training.trainer import Trainer
+from lvae.lazy import exports
 
-__all__ = ['Recipe', 'RunSettings', 'Trainer', 'TrainingRun']
+_FROM = {'Recipe': 'lvae.training.recipe', 'RunSettings': 'lvae.training.settings', 'Trainer': 'lvae.training.trainer',
+         'TrainingRun': 'lvae.training.run'}
+__all__ = list(_FROM)
+__getattr__, __dir__ = exports(__name__, _FROM)  # torch is imported at the first use of one of these

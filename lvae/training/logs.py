@@ -64,8 +64,14 @@ class RunLog:
         found = resolve_anchor_curve(self.test.default_anchor, self.test.name, missing_ok=True, test_psnr=test_psnr)
         return None if found is None else (found[0], found[1]['bpp'], found[1][self.convention])
 
-    def log_validation(self, metrics, png, seconds, step):
+    def log_validation(self, metrics, png, seconds, step, stages=None):
+        """``metrics``, the plot ``png`` and, per decoder stage and lambda, the rate and active units of ``stages``
+        (:func:`lvae.evaluation.stages.stage_rates`) to wandb."""
         log = {**metrics, 'val/seconds': seconds}
+        for j, lmb in enumerate((stages or {}).get('lambdas', ())):
+            for s, side in enumerate(stages['sides']):
+                log[f'stages/bpp {side} @{lmb:g}'] = stages['bpp'][j][s]
+                log[f'stages/active {side} @{lmb:g}'] = stages['active'][j][s]
         if self.enabled and png is not None:
             import wandb
             log['val/rd_curve'] = wandb.Image(png)

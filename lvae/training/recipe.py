@@ -32,7 +32,10 @@ class Recipe:
     ``min(1, (t + 1) / N)`` (the bounded objective from update N on): the KL of every latent, or with
     ``kl_warmup_scope='coarse'`` of all but the finest stage's, which pay in full from the start; and
     ``init='unit-gain'`` re-initialises the maps between the stages to keep the signal's variance
-    (:func:`lvae.training.init.unit_gain_`).
+    (:func:`lvae.training.init.unit_gain_`). Two more act on each latent's KL in the first updates only
+    (:class:`LatentRates`), the bounded objective after them: ``kl_balance`` N > 0 balances the latents' KL for
+    the first N updates as NVAE does, and ``free_bits`` F > 0 lets a latent's batch-mean KL below F nats per
+    element cost nothing for the first ``free_bits_until`` updates.
     """
     lr: float = 2e-4
     lr_sched: str = 'const-0.5-cos'
@@ -47,13 +50,17 @@ class Recipe:
     amp: str = 'none'
     kl_warmup: int = 0
     kl_warmup_scope: str = 'all'
+    kl_balance: int = 0
+    free_bits: float = 0.0
+    free_bits_until: int = 0
     init: str = 'default'
 
     def __post_init__(self):
         for name in ('iterations', 'accum_num'):
             if getattr(self, name) < 1:
                 raise ValueError(f'--{name} must be >= 1, got {getattr(self, name)}')
-        for name in ('lr_warmup', 'grad_clip', 'ema_warmup', 'kl_warmup'):
+        for name in ('lr_warmup', 'grad_clip', 'ema_warmup', 'kl_warmup', 'kl_balance', 'free_bits',
+                     'free_bits_until'):
             if getattr(self, name) < 0:
                 raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
         if not self.lr > 0 or not 0 <= self.lrf_min <= 1 or not 0 <= self.ema_decay < 1:
@@ -64,6 +71,9 @@ class Recipe:
         if self.kl_warmup_scope not in KL_WARMUP_SCOPES:
             raise ValueError(f"--kl_warmup_scope must be one of {', '.join(map(repr, KL_WARMUP_SCOPES))}, got "
                              f"{self.kl_warmup_scope!r}")
+        if (self.free_bits > 0) != (self.free_bits_until > 0):
+            raise ValueError(f'--free_bits and --free_bits_until go together (a floor and the updates it lasts), '
+                             f'got {self.free_bits} and {self.free_bits_until}')
         if self.init not in INITS:
             raise ValueError(f"--init must be one of {', '.join(map(repr, INITS))}, got {self.init!r}")
         self.flat_fraction()  # checks the schedule's name
@@ -111,13 +121,51 @@ class Recipe:
     def kl_weight(self, t, dec_nums=None):
         """The weight of the rate in the loss of update ``t``: ``min(1, (t + 1) / kl_warmup)``, 1 without a warm-up
         or after it (the paper's objective, which is what the bound measures). With ``kl_warmup_scope='coarse'``
-        one weight per latent of a model with ``dec_nums`` latents per stage, 1 for the finest stage's."""
+        one weight per latent of a model with ``dec_nums`` latents per stage, 1 for the finest stage's. While
+        ``kl_balance`` or ``free_bits`` act, a :class:`LatentRates` of those weights."""
         beta = min(1.0, (t + 1) / self.kl_warmup) if self.kl_warmup else 1.0
-        if beta == 1 or self.kl_warmup_scope == 'all':
-            return beta
-        return [beta] * (sum(dec_nums) - dec_nums[-1]) + [1.0] * dec_nums[-1]
+        if beta != 1 and self.kl_warmup_scope == 'coarse':
+            beta = [beta] * (sum(dec_nums) - dec_nums[-1]) + [1.0] * dec_nums[-1]
+        balance, floor = t < self.kl_balance, self.free_bits if t < self.free_bits_until else 0.0
+        return LatentRates(beta, balance, floor) if balance or floor else beta
 
     def ema_decay_at(self, t):
         """The EMA decay of the update at iteration ``t``: ``ema_decay * (1 - exp(-t / ema_warmup))``."""
         warmup = self.ema_warmup or max(1, self.iterations // 20)
         return self.ema_decay * (1 - math.exp(-t / warmup))
+
+
+class LatentRates:
+    """The rate term of a loss from each latent's KL, for the first updates of a run whose coarse latents would
+    otherwise stay unused (a callable ``kl_weight`` of the model's forward): ``beta`` (a number or one per latent)
+    weighs each latent's KL after
+
+    - ``balance``: NVAE's balancing (its ``kl_balancer``): latent i's KL is weighted by ``c_i``, proportional to
+      its batch-mean KL over its size ``a_i`` (elements per image, relative to their mean), divided by ``a_i``,
+      normalised to a mean of 1 over the latents and never differentiated; a latent that carries little pays
+      little until it is used;
+    - ``floor`` F > 0 (free bits): a latent whose batch-mean KL is below F nats per element costs F per element
+      and gets no gradient from its KL.
+
+    Called with the latents' KL maps (a list of (B, Z, h, w) tensors, nats); returns the rate (B,) in nats."""
+
+    def __init__(self, beta, balance=False, floor=0.0):
+        self.beta, self.balance, self.floor = beta, balance, floor
+
+    def __call__(self, kl_maps):
+        kls = [k.sum(dim=(1, 2, 3)) for k in kl_maps]                     # (B,) nats per latent
+        sizes = [k[0].numel() for k in kl_maps]
+        if self.floor:
+            floors = [self.floor * n for n in sizes]
+            used = [(k.mean() >= f).to(k.dtype).detach() for k, f in zip(kls, floors)]
+            kls = [u * k + (1 - u) * f for u, k, f in zip(used, kls, floors)]
+        if self.balance:
+            mean_size = sum(sizes) / len(sizes)
+            alpha = [n / mean_size for n in sizes]
+            coeff = [(k / a).abs().mean().detach() + 0.01 for k, a in zip(kls, alpha)]
+            total = sum(coeff)
+            coeff = [c / a * total for c, a in zip(coeff, alpha)]
+            mean_coeff = sum(coeff) / len(coeff)
+            kls = [c / mean_coeff * k for c, k in zip(coeff, kls)]
+        betas = self.beta if isinstance(self.beta, list) else [self.beta] * len(kls)
+        return sum(b * k for b, k in zip(betas, kls, strict=True))

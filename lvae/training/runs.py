@@ -279,16 +279,44 @@ def check_last_pt(folder, ckpt):
         raise UsageError(f'{path} says {name} (with --model_args {ckpt["args"].get("model_args")!r}) but holds a model '
                          f'of another config: the file does not belong to this run')
     identity = _read_json(os.path.join(folder, RUN_FILE))
-    if identity and identity.get('model') and (identity['model'] != name or identity.get('config') != config):
+    if identity and identity.get('model') and identity['model'] != name:
         raise UsageError(f'{path} holds a {name}, but the run in {folder} is a {identity["model"]} ({RUN_FILE}): '
                          f'the file comes from another run')
+    if identity and identity.get('model') and 'config' not in identity:
+        raise UsageError(f'{os.path.join(folder, RUN_FILE)} names the run\'s model ({name}) but not its config, which '
+                         f'lvae writes there when a run starts: the file was edited or damaged; restore it, or start '
+                         f'a new run from the weights with --weights {path}')
+    if identity and identity.get('model') and identity['config'] != config:
+        field = next((k for k in sorted(set(config) | set(identity['config']))
+                      if config.get(k) != identity['config'].get(k)), None)
+        raise UsageError(f'{path} holds a {name} whose {field} is {config.get(field)!r}, but the run in {folder} is '
+                         f'one whose {field} is {identity["config"].get(field)!r} ({RUN_FILE}): the file comes from '
+                         f'another run')
+
+
+def check_iterations(folder, ckpt, iterations):
+    """Refuse (UsageError) to continue a run that has done its ``iterations`` already: nothing would happen."""
+    if ckpt['iter'] >= iterations:
+        raise UsageError(f'the run in {folder} is at iteration {ckpt["iter"]} (last.pt), which --iterations '
+                         f'{iterations} does not pass: give more --iterations to train it further')
 
 
 def resume_flags(saved, given, defaults, fixed):
     """The flags of a continued run: ``saved`` (its last.pt's, over today's ``defaults`` for flags added since) and
     those ``given`` on the command line. A given flag among ``fixed`` (those that define the run) with another
-    value than the saved one is an error naming both; any other changes ``{flag: [saved, given]}`` are returned
+    value than the saved one is an error naming both, one missing from ``saved`` and not given an error naming it,
+    one unknown today a warning; any other changes ``{flag: [saved, given]}`` are returned
     with the flags, to be stated and recorded. Returns ``(flags, changes)``."""
+    lost = [k for k in fixed if k not in saved and k not in given]
+    if lost:
+        raise UsageError(f'the checkpoint does not record {", ".join("--" + k for k in lost)}, which define'
+                         f'{"s" if len(lost) == 1 else ""} the run: give {"it" if len(lost) == 1 else "them"} with '
+                         f'the value{"s" if len(lost) > 1 else ""} the run was trained with (its args.json may say)')
+    unknown = sorted(set(saved) - set(defaults))
+    if unknown:
+        warnings.warn(f'the checkpoint records flags that this lvae does not have, ignored: '
+                      f'{", ".join("--" + k for k in unknown)}', RuntimeWarning)
+        saved = {k: v for k, v in saved.items() if k in defaults}
     flags = {**defaults, **saved}
     conflicts = [f'--{k} {v!r} (the run has {flags.get(k)!r})' for k, v in given.items()
                  if k in fixed and v != flags.get(k)]

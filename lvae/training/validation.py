@@ -21,9 +21,12 @@ from lvae.errors import first_line
 from lvae.evaluation import evaluate_bound, lambda_grid
 from lvae.evaluation.plotting import plot_rd
 from lvae.evaluation.results import CONVENTIONS
+from lvae.evaluation.stages import stage_lines, stage_rates
 from lvae.training.runs import checkpoint_dict, header
 
 VALIDATIONS_FILE = 'validations.jsonl'
+STAGE_LAMBDAS = (4.0, 64.0, 1024.0)  # where each validation measures the rate of every decoder stage
+STAGE_IMAGES = 4  # on the first images of the validation set
 
 
 def validate(model, images, steps, reference=None, convention='psnr', device=None, amp='none'):
@@ -114,6 +117,8 @@ def run_validation(folder, settings, trainer, run, val, device, stop):
     with stop.interrupting():
         metrics, res, anchor = validate(net, val.test, settings.val_steps, val.reference, val.convention, device,
                                         settings.recipe.amp)
+        stages = stage_rates(net, (val.test.image(i)[1] for i in range(min(STAGE_IMAGES, len(val.test)))),
+                             STAGE_LAMBDAS)
     trainer.model.train()
     record = val.record
     best = record.better(ranking(metrics))
@@ -136,10 +141,12 @@ def run_validation(folder, settings, trainer, run, val, device, stop):
         warnings.warn(f'no validation plot at iteration {trainer.iter}: {first_line(e)}', RuntimeWarning)
         png = None
     record.append({'iter': trainer.iter, **metrics, 'bpp': res['bpp'], 'psnr': res['psnr'],
-                   'psnr_of_mean_mse': res['psnr_of_mean_mse'], 'best': best})
-    val.log_validation(metrics, png, time.time() - t0, trainer.iter)
+                   'psnr_of_mean_mse': res['psnr_of_mean_mse'], 'best': best, 'stages': stages})
+    val.log_validation(metrics, png, time.time() - t0, trainer.iter, stages)
     bd = metrics.get('val/bd_rate', float('nan'))
     tqdm.write(f'[iter {trainer.iter}] val loss {metrics["val/loss"]:.4f}  bpp {metrics["val/bpp"]:.4f}  '
                f'psnr {metrics["val/psnr"]:.3f}  bd-rate {f"{bd:+.2f}%" if math.isfinite(bd) else "n/a"}'
                f'{" vs the true R(D)" if val.truth else ""}  ({time.time() - t0:.0f}s)')
+    tqdm.write(f'[iter {trainer.iter}] rate by decoder stage, coarse to fine (active units of all), on '
+               f'{min(STAGE_IMAGES, len(val.test))} validation images:\n  ' + '\n  '.join(stage_lines(stages)))
     return metrics

@@ -1,6 +1,7 @@
 """A result and a journal are those of everything that made them: the model's config and weights, the settings and
 the code's versions; outputs are never read as inputs; names the file system refuses are refused before the work;
 a damaged journal entry is evaluated again."""
+import hashlib
 import json
 import os
 
@@ -80,3 +81,16 @@ def test_a_damaged_journal_entry_is_evaluated_again_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=f'{path}: the entry of 0000 is damaged \\(no \'bits\'\\)'):
         again = evaluate_bound(model, images, steps=2, device='cpu', progress=False, journal=path)
     assert again['resumed'] == 1 and again['bpp'] == pytest.approx(whole['bpp'], rel=1e-6)
+
+
+def test_a_file_is_hashed_from_the_bytes_its_pixels_came_from(tmp_path):
+    """An image replaced after it was read keeps, in the record, the hash of what was evaluated."""
+    from lvae.evaluation import as_test_set
+    rng = np.random.default_rng(2)
+    first = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(first).save(tmp_path / 'a.png')
+    read = (tmp_path / 'a.png').read_bytes()
+    test = as_test_set(str(tmp_path), progress=False)
+    Image.fromarray(255 - first).save(tmp_path / 'a.png')   # replaced while the evaluation runs
+    assert test.record['files'] == [{'file': 'a.png', 'bytes': len(read), 'sha256': hashlib.sha256(read).hexdigest()}]
+    assert torch.equal(test.image(0)[1], torch.from_numpy(first).permute(2, 0, 1).float() / 255)

@@ -141,3 +141,36 @@ def test_cli_pairs_a_result_with_a_result_anchor_of_the_same_images(tmp_path, ca
     other = result_file(tmp_path / 'other.json', 'other', bpp[:20], img_psnr[:20], mse[:20])  # other images
     assert main([better, '--anchor', other]) == 0
     assert 'paired' not in capsys.readouterr().out
+
+
+def test_cli_warns_where_the_rows_are_not_the_whole_curve_or_not_its_means(tmp_path, capsys):
+    bpp, img_psnr, mse = synthetic_images()
+    path = tmp_path / 'r.json'
+    result_file(path, 'r', bpp[:5], img_psnr[:5], mse[:5])
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, 'num_images': 100}))   # a 100-image curve with 5 rows
+    assert main([str(path)]) == 0
+    err = capsys.readouterr().err
+    assert 'holds per-image rows for 5 of the 100 images of its curve: the interval is of those 5' in err
+    path.write_text(json.dumps({**data, 'results': {**data['results'],
+                                                    'bpp': [1.1 * v for v in data['results']['bpp']]}}))
+    assert main([str(path)]) == 0
+    err = capsys.readouterr().err
+    assert 'the means of its per-image rows are not its curve (results.bpp' in err and 'rows for' not in err
+    result_file(path, 'r', bpp, img_psnr, mse)
+    assert main([str(path)]) == 0 and 'warning' not in capsys.readouterr().err
+
+
+def test_a_bd_rate_whose_two_fits_differ_beyond_its_interval_says_so():
+    from lvae.evaluation.report import bd_table
+    anchor = get_anchor('kodak')
+    test = {'bpp': [0.1, 0.2, 0.45, 0.9, 1.6], 'psnr': [27.0, 29.5, 32.4, 35.6, 38.0]}
+    rows = {line.split('|')[2].strip(): float(line.split('|')[3].split()[0])
+            for line in bd_table(test, anchor).splitlines() if line.startswith('| mean of per-image PSNR')}
+    gap = abs(rows['cubic (paper)'] - rows['pchip'])
+    assert gap > 0.02
+    centre = rows['cubic (paper)']
+    narrow = bd_table(test, anchor, interval={'psnr': [centre - gap / 4, centre + gap / 4]}, interval_note='x')
+    wide = bd_table(test, anchor, interval={'psnr': [centre - gap, centre + gap]}, interval_note='x')
+    assert 'warning: the cubic and pchip fits differ by more than the interval is wide' in narrow
+    assert 'warning' not in wide

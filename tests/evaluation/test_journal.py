@@ -131,3 +131,12 @@ def test_a_file_that_is_not_a_journal_is_left_alone(model, images, tmp_path):
         with pytest.raises(JournalError, match=f'{notes} is not the journal of an evaluation: it is left alone'):
             run(model, images, journal=Journal(notes, discard_other=discard))
     assert notes.read_text() == 'my notes\n'
+
+
+@pytest.mark.skipif(not os.path.exists('/dev/full'), reason='needs /dev/full')
+def test_a_full_disk_while_journaling_names_the_journal_and_the_cause():
+    journal = Journal('/dev/full')   # every write there fails with ENOSPC
+    with pytest.raises(OSError, match='cannot write the journal /dev/full: No space left on device; the images it '
+                                      'holds are kept'):
+        journal.add(0, 'a.png', 'digest', [1.0], [0.1], [0], 1.0)
+    assert journal.entries == {}

@@ -1,6 +1,7 @@
 """Where results go and how they are written: names that say what was measured, nothing replaced that an evaluation
 did not write, a result written whole or not at all, interrupts that leave nothing behind, pairing by content."""
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -9,13 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import lvae.evaluation
 from lvae.bdrate.__main__ import main as bdrate_main
 from lvae.cli import Interrupted
 from lvae.evaluation import as_test_set
 from lvae.evaluation import intervals as intervals_module
 from lvae.evaluation.intervals import bootstrap
+from lvae.evaluation import outputs
 from lvae.evaluation.outputs import (OutputError, check_output, default_output, drawn_by_lvae, output_lock,
                                      write_pair)
+from lvae.evaluation.shards import Part
 from lvae.evaluation.results import dataset_curves, mean_objective, per_image_figures
 
 
@@ -105,7 +109,7 @@ def test_an_interrupted_evaluation_writes_nothing_and_exits_with_the_signal(eval
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError('the signal did not interrupt the evaluation')
 
-    monkeypatch.setattr(eval_script, 'evaluate_bound', interrupted)
+    monkeypatch.setattr(lvae.evaluation, 'evaluate_bound', interrupted)   # as the script finds it
     capsys.readouterr()
     assert eval_script.main(tiny(images, '--output', str(out))) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
@@ -113,6 +117,48 @@ def test_an_interrupted_evaluation_writes_nothing_and_exits_with_the_signal(eval
     assert (out.read_bytes(), (tmp_path / 'r.png').read_bytes()) == before
     assert sorted(os.listdir(tmp_path)) == ['imgs', 'r.json', 'r.png']   # no temporary or lock file
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handlers are given back
+
+
+def test_a_lock_file_removed_before_it_was_locked_is_not_trusted(tmp_path, monkeypatch):
+    """Between opening the lock and locking it, its holder may finish and remove it and a third evaluation make a
+    new one at the path: locking the removed file would let two evaluations in. The lock is taken again."""
+    out, calls = str(tmp_path / 'r.json'), []
+    real = fcntl.lockf
+
+    def replaced_first(fd, op):
+        calls.append(os.fstat(fd).st_ino)
+        if len(calls) == 1:  # the holder removes its file; another evaluation makes the path's new one
+            os.remove(tmp_path / '.r.json.lock')
+            (tmp_path / '.r.json.lock').write_text('')
+        return real(fd, op)
+
+    monkeypatch.setattr(outputs.fcntl, 'lockf', replaced_first)
+    with output_lock(out):
+        held = os.stat(tmp_path / '.r.json.lock').st_ino
+    assert len(calls) == 2 and calls[1] == held != calls[0]
+    assert not (tmp_path / '.r.json.lock').exists()
+
+
+def test_the_lock_holder_removes_what_killed_writes_of_its_own_files_left(tmp_path):
+    out = str(tmp_path / 'r.json')
+    mine = ['.r.json.abcd1234.tmp', '.r.png.abcd1234.tmp', '..r.json.journal.abcd1234.tmp']
+    others = ['..r.json.journal-1-of-2.abcd1234.tmp', '.s.json.abcd1234.tmp', '.r.json.tmp', 'r.json.abcd1234.tmp']
+    for name in mine + others:
+        (tmp_path / name).write_text('cut short')
+    with output_lock(out):
+        assert sorted(os.listdir(tmp_path)) == sorted(others + ['.r.json.lock'])
+    with output_lock(out, Part(0, 2)):   # a part cleans its own journal's only
+        assert '..r.json.journal-1-of-2.abcd1234.tmp' not in os.listdir(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == sorted(others[1:])
+
+
+@pytest.mark.skipif(not hasattr(os, 'geteuid') or os.geteuid() != 0, reason='gives a file to another user')
+def test_another_users_lock_is_named_with_the_ways_out(tmp_path):
+    lock = tmp_path / '.r.json.lock'
+    lock.write_text('')
+    os.chown(lock, 54321, 54321)
+    hint = outputs._owner_hint(str(lock), PermissionError(errno.EACCES, 'Permission denied'))
+    assert 'remove it' in hint and '--output' in hint and ('54321' in hint or "'s" in hint)
 
 
 def test_two_evaluations_never_write_one_output_at_once(tmp_path):
@@ -202,7 +248,10 @@ def test_flags_are_checked_before_the_work_and_named(eval_script, capsys):
                         (['--seed', '-1'], '--seed must be an integer in [0, 2**63), got -1'),
                         (['--lmb_range', '1', 'inf'], '--lmb_range takes LOW HIGH with 0 < LOW <= HIGH, both finite'),
                         (['--lmb_range', '64', '64', '--steps', '3'], 'is one lambda'),
-                        (['--output', 'x.png'], 'must name a .json file')]:
+                        (['--output', 'x.png'], 'must name a .json file'),
+                        (['--refine', '0', '--refine-lr', '0.5'], "--refine-lr 0.5 is the rate of a refinement"),
+                        (['--output', ''], "--output '' names no file"),
+                        (['--refine', '5', '--refine-chain'], '--refine-chain chains refinements to convergence')]:
         assert eval_script.main(argv + ['--dataset_name', 'no-such-set']) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith('error: ') and words in err, (argv, err)

@@ -11,7 +11,8 @@ import lvae
 from lvae import accel
 from lvae.evaluation import evaluate_bound
 from lvae.evaluation.bound import pad_to_multiple
-from lvae.evaluation.refine import FIXED_LR, Convergence, Refinement, latent_blocks, refine_posteriors
+from lvae.evaluation.refine import (FIXED_LR, Convergence, Refinement, latent_blocks, refine_chain,
+                                   refine_posteriors)
 from lvae.evaluation.results import mean_objective
 from lvae.models import load_model
 from lvae.sources import get_source
@@ -165,3 +166,57 @@ def test_a_given_rule_decides_when_auto_stops_and_is_recorded(model, images):
     for _ in range(2):   # the rule given is a template: each refinement counts afresh
         _, steps = refine_posteriors(model, pad_to_multiple(im), im, torch.tensor([64.0]), short, [torch.Generator()])
         assert steps == [4 * 2]   # the second window's gain cuts, two more cuts, then it stops
+
+
+def test_a_chain_starts_each_lambda_from_the_one_below_after_the_first_cut(model, images):
+    """Convergence(chain=True): the lowest lambda is refined as without the chain (the same draws, the same steps and
+    offsets); each higher one starts from the offsets of the one below, at the rate after the first cut, with the
+    cuts left; the draws of a lambda are continued draw by draw (what it saves: benchmarks/refine_convergence.py)."""
+    im = images[:1]
+    lmb = torch.tensor([4.0, 64.0, 4.0, 64.0])   # two draws at each of two lambdas
+    rule = dict(window=3, tol=0.01, max_steps=90)
+    padded = pad_to_multiple(im).expand(4, -1, -1, -1)
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in (1, 2, 3, 4)]
+    cold, cold_steps = refine_posteriors(model, padded, im, lmb, Refinement('auto', rule=Convergence(**rule)), gens())
+    chained, steps = refine_chain(model, padded, im, lmb, Refinement('auto', rule=Convergence(chain=True, **rule)),
+                                  gens())
+    assert [steps[0], steps[2]] == [cold_steps[0], cold_steps[2]]
+    for block, offsets in enumerate(chained):
+        torch.testing.assert_close(offsets[[0, 2]], cold[block][[0, 2]])
+    start = []   # the 64's first step, from the 4's offsets of the same draw
+    first = Convergence(chain=True, **rule)
+    refine_posteriors(model, padded[:1], im, lmb[1:2], Refinement('auto', rule=first), gens()[1:2],
+                      start=[o[0:1] for o in chained], on_step=lambda items: start.append(
+                          items[0].optimiser.param_groups[0]['lr']) if items[0].steps == 1 else None)
+    assert start == [pytest.approx(Convergence.lr * Convergence.factor)]
+    with pytest.raises(ValueError, match='as many items at each lambda'):
+        refine_chain(model, padded[:3], im, lmb[:3], Refinement('auto', rule=Convergence(chain=True)), gens()[:3])
+
+
+def test_chained_refinement_gives_the_same_figures_however_lambdas_are_batched(model, images):
+    kw = dict(lambdas=LAMBDAS, device='cpu', progress=False, samples=2,
+              refine=Refinement('auto', rule=Convergence(chain=True, window=3, tol=0.02, max_steps=30)))
+    one, four = (evaluate_bound(model, images[:1], lmb_batch=n, **kw) for n in (1, 4))
+    assert one['per_image'][0]['refine_steps'] == four['per_image'][0]['refine_steps']
+    assert one['bpp'] == pytest.approx(four['bpp'], rel=1e-5) and one['refine']['rule']['chain'] is True
+
+
+def test_a_chain_starts_each_lambda_on_the_line_through_the_two_below_in_log_lambda(model, images, monkeypatch):
+    from lvae.evaluation import refine
+    starts, found, real = [], [], refine.refine_posteriors
+
+    def recorded(*args, start=None, **kw):
+        starts.append(start)
+        found.append(real(*args, start=start, **kw)[0])
+        return found[-1], [1] * len(args[3])
+    monkeypatch.setattr(refine, 'refine_posteriors', recorded)
+    im = images[:1]
+    lmb = torch.tensor([4.0, 16.0, 128.0])   # log steps of 2 and 3 (in units of log 2)
+    refine_chain(model, pad_to_multiple(im).expand(3, -1, -1, -1), im, lmb,
+                 Refinement('auto', rule=Convergence(chain=True, window=2, max_steps=4)),
+                 [torch.Generator().manual_seed(s) for s in range(3)])
+    assert starts[0] is None and all(torch.equal(s, f) for s, f in zip(starts[1], found[0]))
+    for s, a, b in zip(starts[2], found[0], found[1]):
+        torch.testing.assert_close(s, b + 1.5 * (b - a))

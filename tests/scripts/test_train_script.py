@@ -425,6 +425,9 @@ def test_a_resume_keeps_what_defines_the_run_and_records_what_changes(photos, va
     assert refused.returncode == 2 and 'Traceback' not in refused.stderr
     assert "--model 'rd_model_small' (the run has 'rd_model_tiny')" in refused.stderr
     assert load(folder / 'last.pt')['iter'] == 4
+    refused = run(['--resume', str(folder), '--iterations', '3'], timeout=120)   # nothing left to do: said so
+    assert refused.returncode == 2 and 'is at iteration 4 (last.pt), which --iterations 3 does not pass' in \
+        refused.stderr
 
     other_val = tmp_path / 'other' / 'kodak'
     other_val.mkdir(parents=True)
@@ -439,6 +442,9 @@ def test_a_resume_keeps_what_defines_the_run_and_records_what_changes(photos, va
     lines = [json.loads(line) for line in open(folder / 'validations.jsonl')]
     sets = list(dict.fromkeys(line['validation'] for line in lines))
     assert [line['iter'] for line in lines] == [0, 2, 4, 4, 6] and len(sets) == 2   # 4 again, on the new set
+    stages = lines[-1]['stages']   # each validation says where the rate goes, stage by stage
+    assert stages['lambdas'] == [4.0, 64.0, 1024.0] and len(stages['bpp']) == 3 and len(stages['bpp'][0]) == 5
+    assert all(0 <= a <= u for row in stages['active'] for a, u in zip(row, stages['units']))
     assert [line['validation'] for line in lines] == [sets[0]] * 3 + [sets[1]] * 2
     assert load(folder / 'best.pt')['validation'] == sets[1] and lines[-1]['best']
     assert load(folder / f'best-{sets[0]}.pt')['validation'] == sets[0]    # the old set's best, kept
@@ -454,6 +460,17 @@ def test_a_resume_keeps_what_defines_the_run_and_records_what_changes(photos, va
     refused = run(['--resume', str(folder)], timeout=120)
     assert refused.returncode == 2
     assert f'{folder / "last.pt"} holds a rd_model_small, but the run in {folder} is a rd_model_tiny' in refused.stderr
+    identity = json.loads((folder / 'run.json').read_text())
+    (folder / 'run.json').write_text(json.dumps({k: v for k, v in identity.items() if k != 'config'}))
+    torch.save(final, folder / 'last.pt')
+    refused = run(['--resume', str(folder)], timeout=120)
+    assert refused.returncode == 2 and 'run.json names the run\'s model (rd_model_tiny) but not its config' in \
+        refused.stderr
+    (folder / 'run.json').write_text(json.dumps(identity))
+    torch.save({**final, 'args': {k: v for k, v in final['args'].items() if k != 'trainset'}}, folder / 'last.pt')
+    refused = run(['--resume', str(folder), '--iterations', '8'], timeout=120)   # never today's default set
+    assert refused.returncode == 2 and 'the checkpoint does not record --trainset, which defines the run' in \
+        refused.stderr
     torch.save({'model': final['model'], 'config': final['config'], 'model_name': 'rd_model_tiny'}, folder / 'last.pt')
     refused = run(['--resume', str(folder)], timeout=120)
     assert refused.returncode == 2 and 'is not a training checkpoint (missing: iter, optimizer, args, epoch, rng)' \
@@ -549,3 +566,12 @@ def test_a_resume_of_a_folder_without_last_pt_names_it_once(tmp_path):
     with pytest.raises(UsageError) as caught:
         find_run(str(folder), str(tmp_path / 'runs'))
     assert str(caught.value).count(str(folder)) == 1 and 'has no last.pt' in str(caught.value)
+
+
+def test_flags_a_checkpoint_records_that_this_lvae_lacks_are_named_not_dropped_silently():
+    from lvae.training.runs import resume_flags
+    defaults = {'model': 'rd_model_base', 'lr': 5e-4, 'iterations': 10}
+    saved = {'model': 'rd_model_tiny', 'lr': 2e-3, 'iterations': 4, 'grad_noise': 0.1}
+    with pytest.warns(RuntimeWarning, match='this lvae does not have, ignored: --grad_noise'):
+        flags, changes = resume_flags(saved, {'iterations': 8}, defaults, fixed=('model',))
+    assert flags == {'model': 'rd_model_tiny', 'lr': 2e-3, 'iterations': 8} and changes == {'iterations': [4, 8]}

@@ -144,8 +144,10 @@ class VariableRateLossyVAE(nn.Module):
     ``model(im, lmb)`` with ``im`` (B, 3, H, W) in [0, 1] (H, W multiples of 64) and ``lmb`` (B,) > 0 returns
     ``{'loss', 'bppix', 'psnr'}`` (0-dim tensors; bppix and psnr detached); ``lmb=None`` draws lambda
     log-uniformly over ``lmb_range`` (training). ``model(im, lmb, kl_weight=b)`` weighs the rate by ``b`` in the
-    loss, a number or one per latent, top-down (a training option, :attr:`lvae.training.Recipe.kl_warmup`); the
-    bound's objective is ``b = 1``, and ``bppix`` is always the whole rate.
+    loss, a number or one per latent, top-down (a training option, :attr:`lvae.training.Recipe.kl_warmup`), or
+    is ``b(kl_maps)`` of the latents' KL maps (a function returning (B,) nats,
+    :class:`lvae.training.recipe.LatentRates`); the bound's objective is ``b = 1``, and ``bppix`` is always the
+    whole rate.
     """
 
     def __init__(self, cfg: RDConfig):
@@ -285,7 +287,9 @@ class VariableRateLossyVAE(nn.Module):
         ndims = im.shape[1] * im.shape[2] * im.shape[3]
         rate = self.kl_per_image(stats_all) / ndims  # nats per dimension, (B,)
         distortion = F.mse_loss(x_hat, self.preprocess_target(im), reduction='none').mean(dim=(1, 2, 3))
-        if isinstance(kl_weight, (int, float)):
+        if callable(kl_weight):
+            weighted = kl_weight([s['kl'] for s in stats_all]) / ndims
+        elif isinstance(kl_weight, (int, float)):
             weighted = rate * kl_weight
         else:
             weighted = sum(w * s['kl'].sum(dim=(1, 2, 3)) for w, s in zip(kl_weight, stats_all, strict=True)) / ndims

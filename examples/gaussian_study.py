@@ -38,6 +38,11 @@ MODELS = [
 TIGHT = [
     ('tiny-lr2e3', 'rd_model_tiny', '', 10000, ['--lr', '2e-3', '--eval_interval', '1000']),
     ('small-lr2e3', 'rd_model_small', '', 4000, ['--lr', '2e-3', '--eval_interval', '1000']),
+    ('small-lr2e3-20k', 'rd_model_small', '', 20000, ['--lr', '2e-3', '--eval_interval', '1000']),
+    # more budgets, each its own run with its whole schedule: the trend run by run
+    ('tiny-lr2e3-6k', 'rd_model_tiny', '', 6000, ['--lr', '2e-3', '--eval_interval', '1000']),
+    ('small-lr2e3-1k', 'rd_model_small', '', 1000, ['--lr', '2e-3', '--eval_interval', '250']),
+    ('tiny-lr2e3-3k', 'rd_model_tiny', '', 3000, ['--lr', '2e-3', '--eval_interval', '1000']),
 ]
 # Recipe options against the first study's rd_model_tiny run at its budget (3,000 updates, --lr 5e-4): --ablations.
 ABLATIONS = [
@@ -45,6 +50,10 @@ ABLATIONS = [
     ('ab-klcoarse', 'rd_model_tiny', '', 3000, ['--kl_warmup', '1000', '--kl_warmup_scope', 'coarse']),
     ('ab-unitgain', 'rd_model_tiny', '', 3000, ['--init', 'unit-gain']),
     ('ab-lr2e3', 'rd_model_tiny', '', 3000, ['--lr', '2e-3']),
+    # the options for unused coarse latents against ab-lr2e3, the best recipe so far, for its first third
+    ('ab-lr2e3-klbalance', 'rd_model_tiny', '', 3000, ['--lr', '2e-3', '--kl_balance', '1000']),
+    ('ab-lr2e3-freebits', 'rd_model_tiny', '', 3000, ['--lr', '2e-3', '--free_bits', '0.05', '--free_bits_until',
+                                                      '1000']),
 ]
 TRAIN = ['--trainset', SOURCE, '--valset', SOURCE, '--val_images', '20', '--val_steps', '8', '--batch_size', '8',
          '--eval_interval', '250', '--lr', '5e-4', '--lr_warmup', '100', '--ema_decay', '0.999', '--workers', '1',
@@ -55,7 +64,7 @@ CURVES = [(label, ['--weights', os.path.join(WEIGHTS, f'{label}.pt')]) for label
 TIGHT_LABELS = {label for label, *_ in TIGHT}
 # Refined to convergence: the tiny model (about 40 minutes on 2 CPU cores at 8 lambdas); the small one would take
 # two to three times that, so its curve is the plain one.
-PLAIN_ONLY = {'small-lr2e3'}
+PLAIN_ONLY = {'small-lr2e3', 'small-lr2e3-20k', 'tiny-lr2e3-6k', 'small-lr2e3-1k', 'tiny-lr2e3-3k'}
 OPTIMAL = f'{SOURCE}-optimal'
 STAGE_LAMBDAS = (4.0, 64.0, 1024.0)  # where the rate per decoder stage is measured (20 held-out images)
 
@@ -234,16 +243,54 @@ def scaling(study):
         pts = [(v['iter'] * batch, v['val/bd_rate']) for v in entry['validations']
                if v.get('val/bd_rate') is not None and v['iter'] >= 1000]
         images, rate = (np.array(x, dtype=float) for x in zip(*pts))
-        slope, intercept = np.polyfit(np.log(images), np.log(rate), 1)
-        out[label] = {'images': images.tolist(), 'val_bd_rate': rate.tolist(), 'fit': {
-            'slope': float(slope), 'intercept': float(intercept),
-            'bd_rate_at_paper_budget': float(np.exp(intercept + slope * np.log(PAPER_IMAGES))),
-            'note': 'extrapolation: log BD-rate linear in log images seen, fitted from 1,000 updates on'},
-            'final': {'images': entry['updates'] * batch, **bd.get(label, {})}}
+        fit = None
+        if len(pts) >= 3:   # a line through fewer points says nothing
+            slope, intercept = np.polyfit(np.log(images), np.log(rate), 1)
+            fit = {'slope': float(slope), 'intercept': float(intercept),
+                   'bd_rate_at_paper_budget': float(np.exp(intercept + slope * np.log(PAPER_IMAGES))),
+                   'note': 'extrapolation: log BD-rate linear in log images seen, fitted from 1,000 updates on'}
+        out[label] = {'images': images.tolist(), 'val_bd_rate': rate.tolist(), 'fit': fit,
+                      'final': {'images': entry['updates'] * batch, **bd.get(label, {})}}
     return out
 
 
-def plot_scaling(out, path):
+def trend(study, draws=4000):
+    """The excess run by run: per model, the held-out BD-rate against the truth (plain, 100 images, 16 lambdas) of
+    each run at --lr 2e-3 with its own whole schedule, against the images it saw; log BD-rate fitted linear in log
+    images, its slope's 95% range from refits with each run's BD-rate drawn within its bootstrap interval (normal
+    in log BD-rate), and the slope between the last two runs against the first two (a floor flattens it)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    bd, out = study.get('bd_rate_vs_truth', {}), {}
+    for model in ('rd_model_tiny', 'rd_model_small'):
+        rows = []
+        for label, entry in study['runs'].items():
+            flags = entry['flags']
+            if entry['model'] == model and '--lr' in flags and flags[len(flags) - 1 - flags[::-1].index('--lr') + 1] \
+                    == '2e-3' and label in bd and not entry['model_args']:
+                batch = int(flags[flags.index('--batch_size') + 1])
+                rows.append((entry['updates'] * batch, *bd[label]['plain'], label))
+        rows.sort()
+        if len(rows) < 3:
+            continue
+        images = np.log([r[0] for r in rows])
+        value, low, high = (np.log([r[k] for r in rows]) for k in (1, 2, 3))
+        slope, intercept = np.polyfit(images, value, 1)
+        sd = (high - low) / (2 * 1.96)
+        slopes = [np.polyfit(images, value + sd * rng.standard_normal(len(rows)), 1)[0] for _ in range(draws)]
+        out[model] = {'runs': [r[4] for r in rows], 'images': [r[0] for r in rows],
+                      'bd_rate': [[r[1], r[2], r[3]] for r in rows],
+                      'slope': float(slope), 'slope_95': [float(v) for v in np.percentile(slopes, [2.5, 97.5])],
+                      'slope_first_two': float((value[1] - value[0]) / (images[1] - images[0])),
+                      'slope_last_two': float((value[-1] - value[-2]) / (images[-1] - images[-2])),
+                      'note': 'log BD-rate linear in log images seen across separate runs; the range covers the '
+                              'runs\' intervals over images, not the choice of runs or of the law'}
+    return out
+
+
+def plot_scaling(study, path):
+    """The validations of each long run with its fit, and the held-out BD-rate of every run at --lr 2e-3 with the
+    fit across runs of each model (:func:`trend`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     import numpy as np
@@ -251,16 +298,22 @@ def plot_scaling(out, path):
     fig = Figure(figsize=(6.5, 4.8), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for i, (label, entry) in enumerate(out.items()):
-        ax.plot(entry['images'], entry['val_bd_rate'], 'o', color=f'C{i}', label=f'{label}: validations')
+    for i, (label, entry) in enumerate((k, v) for k, v in study.get('scaling', {}).items() if v['fit']):
+        ax.plot(entry['images'], entry['val_bd_rate'], '.', color=f'C{i}', alpha=0.6, label=f'{label}: validations')
         x = np.geomspace(min(entry['images']), PAPER_IMAGES, 50)
         fit = entry['fit']
-        ax.plot(x, np.exp(fit['intercept'] + fit['slope'] * np.log(x)), '--', color=f'C{i}',
-                label=f'{label}: fit, slope {fit["slope"]:.2f} (extrapolated)')
-        for kind, marker in (('plain', 's'), ('refined', '*')):
-            if kind in entry['final']:
-                ax.plot(entry['final']['images'], entry['final'][kind][0], marker, color=f'C{i}', markersize=9,
-                        label=f'{label}: {kind}, 100 images')
+        ax.plot(x, np.exp(fit['intercept'] + fit['slope'] * np.log(x)), ':', color=f'C{i}',
+                label=f'{label}: validations\' fit, slope {fit["slope"]:.2f} (extrapolated)')
+    for j, (model, entry) in enumerate(study.get('trend', {}).items()):
+        color = f'C{5 + j}'
+        values = np.array(entry['bd_rate'])
+        ax.errorbar(entry['images'], values[:, 0], yerr=[values[:, 0] - values[:, 1], values[:, 2] - values[:, 0]],
+                    fmt='s', color=color, capsize=3, label=f'{model}: each run, 100 held-out images')
+        slope, intercept = np.polyfit(np.log(entry['images']), np.log(values[:, 0]), 1)
+        x = np.geomspace(min(entry['images']), PAPER_IMAGES, 50)
+        ax.plot(x, np.exp(intercept + slope * np.log(x)), '-', color=color, linewidth=1,
+                label=f'{model}: across runs, slope {slope:.2f} [{entry["slope_95"][0]:.2f}, '
+                      f'{entry["slope_95"][1]:.2f}] (extrapolated)')
     ax.axvline(PAPER_IMAGES, color='k', linewidth=0.8)
     ax.set_xscale('log')
     ax.set_yscale('log')
@@ -299,9 +352,10 @@ def main():
         stages = study.setdefault('rate_by_stage', {})
         stages.update(rate_by_stage([label for label, *_ in MODELS + TIGHT if label not in stages]))
         study['scaling'] = scaling(study)
+        study['trend'] = trend(study)
         save_json(path, study)
     plot(os.path.join(REPO, 'results', f'{SOURCE}-study.png'), runs)
-    plot_scaling(study.get('scaling', {}), os.path.join(REPO, 'results', f'{SOURCE}-scaling.png'))
+    plot_scaling(study, os.path.join(REPO, 'results', f'{SOURCE}-scaling.png'))
 
 
 if __name__ == '__main__':

@@ -42,17 +42,41 @@ def _pixels(img, path):
     return np.asarray(img, dtype=np.uint8), 255
 
 
-def decode_image(path, content=None):
+def decode_image(path):
     """Read ``path`` -> ``(values, scale)``: its pixels as integers (H, W, 3) and their full-scale value, a quarter
     (8-bit) of the memory of :func:`load_image`'s floats; :func:`to_tensor` turns them into those floats. Raises
-    :class:`ImageError` naming the file. ``content``: the file's bytes, read already (:func:`read_image_file`)."""
+    :class:`ImageError` naming the file."""
+    return _decoded(os.fspath(path), _content(path))
+
+
+def read_image_file(path):
+    """Read ``path`` once -> ``(values, scale, facts)``: :func:`decode_image`'s pixels and, from the very bytes
+    decoded, ``facts = {'file', 'bytes', 'sha256'}`` (a file replaced meanwhile can't give one its hash and the other
+    its pixels). Raises :class:`ImageError` naming the file."""
+    content = _content(path)
+    values, scale = _decoded(os.fspath(path), content)
+    return values, scale, {'file': os.path.basename(path), 'bytes': len(content),
+                           'sha256': hashlib.sha256(content).hexdigest()}
+
+
+def _content(path):
+    """The bytes of file ``path``; :class:`ImageError` where it can't be read."""
     path = os.fspath(path)
-    if content is None and os.path.islink(path) and not os.path.exists(path):
+    if os.path.islink(path) and not os.path.exists(path):
         raise ImageError(path, f'a symbolic link to {os.readlink(path)}, which does not exist')
     try:
-        if (len(content) if content is not None else os.path.getsize(path)) == 0:
+        with open(path, 'rb') as f:
+            return f.read()
+    except OSError as e:
+        raise ImageError(path, f'unreadable image ({type(e).__name__}: {e})') from None
+
+
+def _decoded(path, content):
+    """The ``(values, scale)`` of an image file's ``content`` (its bytes), errors naming ``path``."""
+    try:
+        if not content:
             raise ImageError(path, 'empty file')
-        with Image.open(path if content is None else io.BytesIO(content)) as img:
+        with Image.open(io.BytesIO(content)) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
             values, scale = _pixels(img, path)
@@ -65,23 +89,6 @@ def decode_image(path, content=None):
     if values.shape[0] == 0 or values.shape[1] == 0:
         raise ImageError(path, f'image has no pixels ({values.shape[1]}x{values.shape[0]})')
     return values, scale
-
-
-def read_image_file(path):
-    """Read ``path`` once -> ``(values, scale, facts)``: :func:`decode_image`'s pixels and, from the very bytes
-    decoded, ``facts = {'file', 'bytes', 'sha256'}`` (a file replaced meanwhile can't give one its hash and the other
-    its pixels). Raises :class:`ImageError` naming the file."""
-    path = os.fspath(path)
-    if os.path.islink(path) and not os.path.exists(path):
-        raise ImageError(path, f'a symbolic link to {os.readlink(path)}, which does not exist')
-    try:
-        with open(path, 'rb') as f:
-            content = f.read()
-    except OSError as e:
-        raise ImageError(path, f'unreadable file ({e.strerror or e})') from None
-    values, scale = decode_image(path, content)
-    return values, scale, {'file': os.path.basename(path), 'bytes': len(content),
-                           'sha256': hashlib.sha256(content).hexdigest()}
 
 
 def to_tensor(values, scale):

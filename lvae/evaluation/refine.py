@@ -161,9 +161,8 @@ class _Item:
         self.index, self.refinement, self.generator = index, refinement, generator
         self.optimiser, self.steps, self.loss, self.done = None, 0, None, False
         self.offsets = None if start is None else [s.detach().clone().float().requires_grad_(True) for s in start]
-        warm = start is not None and refinement.auto
-        self.lr = refinement.lr * (refinement.rule.factor if warm and refinement.rule.cuts else 1)
-        self.tracker = refinement.rule.tracker(warm) if refinement.auto else None
+        self.tracker = refinement.rule.tracker(warm=start is not None) if refinement.auto else None
+        self.lr = refinement.lr * (refinement.rule.factor ** self.tracker.cut if self.tracker else 1)  # its cuts so far
 
     def step(self, loss):
         """Adam's step on the gradient the backward left, then the rule's word on the item's ``loss`` (a float)."""

@@ -27,7 +27,6 @@ def stage_rates(model, images, lambdas, seed=0, threshold=ACTIVE_NATS):
     blocks_per_stage = list(model.config.dec_nums)
     stage_of = [s for s, n in enumerate(blocks_per_stage) for _ in range(n)]
     lmb = torch.tensor([float(v) for v in lambdas])
-    nats = [[0.0] * len(blocks_per_stage) for _ in lambdas]
     by_channel, pixels, positions = None, 0, None
     device = next(model.parameters()).device
     was_training = model.training
@@ -39,9 +38,6 @@ def stage_rates(model, images, lambdas, seed=0, threshold=ACTIVE_NATS):
             with torch.inference_mode():
                 _, stats = model.forward_end2end(padded, lmb.to(device), noise=noise_from(gens))
             kl = [s['kl'].double() for s in stats]                                  # (L, Z, h, w) nats
-            for j in range(len(lambdas)):
-                for b, k in enumerate(kl):
-                    nats[j][stage_of[b]] += float(k[j].sum())
             sums = [k.sum(dim=(2, 3)).cpu() for k in kl]                             # (L, Z) per block
             count = [k.shape[2] * k.shape[3] for k in kl]
             by_channel = sums if by_channel is None else [a + s for a, s in zip(by_channel, sums)]
@@ -51,11 +47,13 @@ def stage_rates(model, images, lambdas, seed=0, threshold=ACTIVE_NATS):
         model.train(was_training)
     if by_channel is None:
         raise ValueError('stage_rates needs at least one image')
+    nats = [[0.0] * len(blocks_per_stage) for _ in lambdas]
     active = [[0] * len(blocks_per_stage) for _ in lambdas]
     units = [0] * len(blocks_per_stage)
     for b, (sums, n) in enumerate(zip(by_channel, positions)):
         units[stage_of[b]] += sums.shape[1]
         for j in range(len(lambdas)):
+            nats[j][stage_of[b]] += float(sums[j].sum())
             active[j][stage_of[b]] += int((sums[j] / n > threshold).sum())
     return {'lambdas': [float(v) for v in lambdas], 'sides': stage_sides(model),
             'bpp': [[v / math.log(2) / pixels for v in row] for row in nats], 'active': active, 'units': units}

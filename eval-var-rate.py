@@ -54,8 +54,8 @@ def get_args(argv=None):
     g.add_argument('--refine-lr', type=float, default=None, help=f'learning rate of the refinement (default: '
                    f"{FIXED_LR} for STEPS; where 'auto' starts, {AUTO_LR})")
     g.add_argument('--refine-chain', action='store_true', help="with --refine auto: each image's lambdas in "
-                   'ascending order, each from the refined posterior of the one below (about half the passes at '
-                   '16 lambdas, one lambda per pass: docs/evaluation.md)')
+                   'ascending order, each from the refined posteriors below it, the last window averaged (0.46x '
+                   'the passes at 16 lambdas, the same loss; one lambda per pass: docs/evaluation.md)')
     g = p.add_argument_group('speed')
     g.add_argument('--device', default=None, help='cuda, cuda:1, cpu, ... (default: cuda if present, else cpu)')
     g.add_argument('--amp', choices=('bf16',), default=None, help='bf16 autocast (default: fp32)')

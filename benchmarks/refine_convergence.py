@@ -16,8 +16,9 @@ time. Part 3 (the rule's window): ``auto`` with windows of 10 and 20 steps on da
 of the source; crops of two training photographs with rd_model_small). Part 4 (each item's own rule): the rule
 before, one count for the lambdas of an image refined together, against each image and lambda stopping by its own
 rule (the same settings), and against that rule chained along the lambdas (each from the refined offsets of the
-lambda below): item-steps and loss on Kodak crops of five sizes and on whole Kodak images (rd_model_small, lambdas
-16, 128, 1024, or ``--grid 16``: the evaluation's 16 lambdas from 4 to 2048). Prints tables; writes
+lambdas below; at ``--grid 16`` the chain of ``--refine-chain``, its last window averaged): item-steps and loss on
+Kodak crops of five sizes and on whole Kodak images (the shipped rd_model_small, whose sha256 the part records;
+lambdas 16, 128, 1024, or ``--grid 16``: the evaluation's 16 lambdas from 4 to 2048). Prints tables; writes
 ``benchmarks/results/refine_convergence.json`` and ``.png`` (the curves).
 """
 import argparse
@@ -36,10 +37,12 @@ sys.path.insert(0, REPO)
 
 from benchlib import KODAK_CROPS, kodak_crops  # noqa: E402
 from lvae.evaluation import evaluate_bound, pad_to_multiple  # noqa: E402
-from lvae.evaluation.refine import (Convergence, Refinement, noise_from, posterior_offsets,  # noqa: E402
+from lvae.checkpoint import sha256_file  # noqa: E402
+from lvae.evaluation.refine import (CHAIN, Convergence, Refinement, noise_from, posterior_offsets,  # noqa: E402
                                    refine_chain, refine_posteriors)
 from lvae.evaluation.results import mean_objective, save_json  # noqa: E402
 from lvae.models import load_model  # noqa: E402
+from lvae.models.registry import pretrained_cfg  # noqa: E402
 from lvae.sources import get_source  # noqa: E402
 
 STUDY = os.path.join(REPO, 'results', 'gaussian-64-study', 'rd_model_tiny.pt')
@@ -217,10 +220,13 @@ def part_items(folder, whole, grid):
             'whole': [load_image(os.path.join(folder, f)) for f in WHOLE[:whole]]}
     rules = {'before (one count per image)': (Refinement('auto', BEFORE.lr, rule=NEVER), True),
              'own rule': (Refinement('auto', rule=Convergence(chain=False)), False),
-             'own rule, chained along the lambdas': (Refinement('auto', rule=Convergence(chain=True)), False)}
+             'own rule, chained along the lambdas': (Refinement('auto', rule=Convergence(chain=True)), False),
+             '--refine-chain (chained, windows of 15, 3 after the last cut, the last averaged)':
+                 (Refinement('auto', rule=CHAIN), False)}
     if grid != 3:  # the rule before took the item-steps of the own rule at 3 lambdas: the own rule is the base here
-        del rules['before (one count per image)']
+        del rules['before (one count per image)'], rules['own rule, chained along the lambdas']
     out = {'lambdas': lambdas, 'crops': [list(c) for c in KODAK_CROPS], 'whole': list(WHOLE[:whole]),
+           'weights_sha256': sha256_file(pretrained_cfg('rd_model_small')['source']),
            'default_rule': asdict(Convergence()), 'rules': {}}
     for label, (refinement, together) in rules.items():
         row = {}

@@ -9,7 +9,7 @@ import torch
 import lvae
 from lvae.evaluation.bound import default_device
 from lvae.evaluation.choices import AUTO, DEFAULT_MODEL
-from lvae.evaluation.refine import Convergence, Refinement
+from lvae.evaluation.refine import CHAIN, Refinement
 from lvae.evaluation.shards import Part, parse_shard
 from lvae.models import load_model, parse_model_args
 
@@ -53,7 +53,7 @@ def settings_of(args, loaded, test, lambdas):
 
 def refinement_of(args):
     """The :class:`~lvae.evaluation.refine.Refinement` of --refine, --refine-lr and --refine-chain."""
-    return Refinement(args.refine, args.refine_lr, rule=Convergence(chain=True) if args.refine_chain else None)
+    return Refinement(args.refine, args.refine_lr, rule=CHAIN if args.refine_chain else None)
 
 
 def part_of(args, ranks):

@@ -71,8 +71,11 @@ class Convergence:
     from the refined offsets of the lambdas below it (the lowest from the encoder's posterior; the second from the
     first's; each next one from the two below, extrapolated linearly in log lambda), and such a warm item starts
     after the first cut (from ``lr * factor``, ``cuts - 1`` cuts left): its steps and figures depend on the
-    lambdas below it in the grid, and on nothing else refined beside it. Measured in
-    benchmarks/refine_convergence.py."""
+    lambdas below it in the grid, and on nothing else refined beside it. ``tail``: 0, an item stops on the plateau
+    after its last cut; n > 0, an item that has taken its last cut takes ``n`` windows more, without waiting for a
+    plateau, and its offsets are the mean of its iterates over its last window (Polyak-Ruppert averaging: the mean of
+    Adam's iterates at a small fixed rate sits nearer the optimum than the last of them, which the gradient noise
+    keeps moving). :data:`CHAIN` is the chain of ``--refine-chain``. Measured in benchmarks/refine_convergence.py."""
     lr: float = AUTO_LR
     window: int = 20
     tol: float = 3e-3
@@ -80,11 +83,19 @@ class Convergence:
     cuts: int = 2
     max_steps: int = 1500
     chain: bool = False
+    tail: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.tail, bool) or not isinstance(self.tail, int) or self.tail < 0:
+            raise ValueError(f'a convergence rule needs a whole number of windows tail >= 0, got tail {self.tail!r}')
 
     def tracker(self, warm=False):
         """A fresh count for one item (``warm``: one that starts from another's refined offsets, after the first
         cut): its :meth:`_Plateaus.update` takes each step's loss."""
         return _Plateaus(self, warm)
+
+
+CHAIN = Convergence(window=15, chain=True, tail=3)   # the rule of --refine-chain (docs/evaluation.md)
 
 
 class _Plateaus:
@@ -93,6 +104,7 @@ class _Plateaus:
     def __init__(self, rule, warm=False):
         self.rule, self.previous, self.total, self.steps = rule, None, 0.0, 0
         self.cut = 1 if warm and rule.cuts else 0
+        self.last_cut_at = None  # the step of the last cut this item took (Convergence.tail)
 
     def update(self, loss, optimiser):
         """Count a step whose loss was ``loss`` (a float); cut ``optimiser``'s rate on a plateau; returns whether
@@ -103,12 +115,16 @@ class _Plateaus:
         if self.steps % rule.window:
             return self.steps >= rule.max_steps
         mean, self.total = self.total / rule.window, 0.0
+        if self.last_cut_at is not None and self.steps - self.last_cut_at == rule.tail * rule.window:
+            return True   # the tail after the last cut
         if self.previous is not None and (self.previous - mean) / max(abs(mean), 1e-12) < rule.tol:
             if self.cut == rule.cuts:
                 return True
             self.cut += 1
             for group in optimiser.param_groups:
                 group['lr'] *= rule.factor
+            if rule.tail and self.cut == rule.cuts:
+                self.last_cut_at = self.steps
         self.previous = mean
         return self.steps >= rule.max_steps
 
@@ -155,11 +171,12 @@ def noise_from(generators):
 class _Item:
     """One image, lambda and draw being refined: its offsets (one (1, 2Z, h, w) tensor per latent block, made at
     its first forward unless it starts from ``start``, another item's refined offsets), its own Adam, its own
-    stopping rule and its own stream of draws."""
+    stopping rule and its own stream of draws; under :attr:`Convergence.tail`, the sum of its iterates over the
+    current window (``window_sum``), which become its offsets when it stops."""
 
     def __init__(self, index, refinement, generator, start=None):
         self.index, self.refinement, self.generator = index, refinement, generator
-        self.optimiser, self.steps, self.loss, self.done = None, 0, None, False
+        self.optimiser, self.steps, self.loss, self.done, self.window_sum = None, 0, None, False, None
         self.offsets = None if start is None else [s.detach().clone().float().requires_grad_(True) for s in start]
         self.tracker = refinement.rule.tracker(warm=start is not None) if refinement.auto else None
         self.lr = refinement.lr * (refinement.rule.factor ** self.tracker.cut if self.tracker else 1)  # its cuts so far
@@ -173,6 +190,22 @@ class _Item:
         self.steps, self.loss = self.steps + 1, loss
         self.done = (self.tracker.update(loss, self.optimiser) if self.tracker is not None else
                      self.steps >= self.refinement.steps)
+        if self.tracker is not None and self.tracker.rule.tail:
+            self._average()
+
+    @torch.no_grad()
+    def _average(self):
+        """Add this step's iterate to the window's sum; where the item stops, its offsets become the window's mean."""
+        window = self.tracker.rule.window
+        if (self.steps - 1) % window == 0:   # a window's first step
+            self.window_sum = [o.detach().clone() for o in self.offsets]
+        else:
+            for total, o in zip(self.window_sum, self.offsets):
+                total.add_(o.detach())
+        if self.done:
+            count = (self.steps - 1) % window + 1
+            self.offsets = [total / count for total in self.window_sum]
+            self.window_sum = None
 
 
 @contextlib.contextmanager

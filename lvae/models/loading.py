@@ -14,7 +14,7 @@ import torch
 
 from lvae.checkpoint import download, is_url, load_file, load_weights, sha256_file
 from lvae.models.rd.model import VariableRateLossyVAE
-from lvae.models.rd.zoo import CONFIGS, parse_model_args, registered_config
+from lvae.models.rd.zoo import CONFIGS, config_difference, parse_model_args, registered_config
 from lvae.models.registry import get_model, is_weightless, list_models, pretrained_cfg
 
 
@@ -87,8 +87,7 @@ def load_model(name=None, weights=None, pretrained=None, overrides=None, seed=0)
             if overrides:
                 raise ValueError(f'{weights} records its model config; --model_args cannot change it')
             if name in CONFIGS:
-                differ = sorted(k for k, v in registered_config(name).items()
-                                if registered_config(config=ckpt['config']).get(k) != v)
+                differ = config_difference(registered_config(name), registered_config(config=ckpt['config']))
                 if differ:
                     raise ValueError(f'{weights} holds a {ckpt.get("model_name", "model")} whose config differs from '
                                      f'{name} in {", ".join(differ)}; drop --model to evaluate the checkpoint\'s own '

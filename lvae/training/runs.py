@@ -26,7 +26,7 @@ import torch
 
 from lvae.cli import UsageError
 from lvae.checkpoint import CheckpointWriteError, load_file, save_checkpoint
-from lvae.models.rd.zoo import parse_model_args, registered_config
+from lvae.models.rd.zoo import config_difference, parse_model_args, registered_config
 from lvae.evaluation.results import save_json
 
 try:
@@ -287,8 +287,7 @@ def check_last_pt(folder, ckpt):
                          f'lvae writes there when a run starts: the file was edited or damaged; restore it, or start '
                          f'a new run from the weights with --weights {path}')
     if identity and identity.get('model') and identity['config'] != config:
-        field = next((k for k in sorted(set(config) | set(identity['config']))
-                      if config.get(k) != identity['config'].get(k)), None)
+        field = config_difference(config, identity['config'])[0]
         raise UsageError(f'{path} holds a {name} whose {field} is {config.get(field)!r}, but the run in {folder} is '
                          f'one whose {field} is {identity["config"].get(field)!r} ({RUN_FILE}): the file comes from '
                          f'another run')

@@ -121,6 +121,40 @@ def test_the_convergence_rule_cuts_the_rate_on_a_plateau_and_stops_after_its_cut
     assert [capped.update(0.99 ** t, optimiser) for t in range(50)].index(True) == 49
 
 
+def test_a_rule_with_a_tail_stops_its_windows_after_the_last_cut_without_waiting_for_a_plateau():
+    optimiser = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.03)
+    rule = Convergence(tail=1)
+    losses = [1.0] * (3 * rule.window) + [0.99 ** t for t in range(300)]   # flat to the last cut, then falling
+    waits, stops = Convergence().tracker(), rule.tracker()
+    assert not any(waits.update(v, optimiser) for v in losses[:rule.max_steps])   # a falling loss runs on
+    assert [stops.update(v, optimiser) for v in losses].index(True) + 1 == 4 * rule.window
+    longer = Convergence(tail=3).tracker()
+    assert [longer.update(v, optimiser) for v in losses].index(True) + 1 == 6 * rule.window
+    warm = rule.tracker(warm=True)   # one cut taken already: the next plateau cuts, one window more
+    assert [warm.update(1.0, optimiser) for _ in range(200)].index(True) + 1 == 3 * rule.window
+    for tail in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f'tail >= 0, got tail {tail}'):
+            Convergence(tail=tail)
+
+
+def test_a_rule_with_a_tail_gives_the_mean_of_the_last_windows_iterates(model, images):
+    im, lmb = images[:1], torch.tensor([64.0])
+    rule = dict(window=2, tol=1.0, max_steps=100)   # every window a plateau: cuts after steps 4 and 6, stops at 8
+    seen = {}
+
+    def record(items):
+        seen[items[0].steps] = [o.detach().clone() for o in items[0].offsets]
+    last, steps = refine_posteriors(model, pad_to_multiple(im), im, lmb, Refinement('auto', rule=Convergence(**rule)),
+                                    [torch.Generator().manual_seed(5)], on_step=record)
+    mean, mean_steps = refine_posteriors(model, pad_to_multiple(im), im, lmb,
+                                         Refinement('auto', rule=Convergence(tail=1, **rule)),
+                                         [torch.Generator().manual_seed(5)])
+    assert steps == mean_steps == [8]
+    for block, (a, b) in enumerate(zip(mean, last)):
+        torch.testing.assert_close(a, (seen[7][block] + b) / 2)
+        assert not torch.equal(a, b)
+
+
 def test_each_item_stops_by_its_own_rule_whatever_is_refined_beside_it(model, images):
     """An image and lambda refined with others takes the steps, and reaches the offsets, it does alone: its rule
     watches its own loss and it leaves the batch when it stops."""

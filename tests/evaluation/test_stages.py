@@ -1,5 +1,7 @@
 """The rate of each decoder stage and its active units: the diagnostic of a collapsed hierarchy."""
+import json
 import math
+import os
 
 import pytest
 import torch
@@ -37,3 +39,19 @@ def test_the_stages_rates_add_up_to_the_models_rate_and_count_every_channel(mode
     nothing = stage_rates(model, images, [4.0], threshold=float('inf'))
     assert everything['active'] == [everything['units']] and nothing['active'] == [[0] * 5]
     assert len(stage_lines(rates)) == 2 and stage_lines(rates)[0].startswith('lambda 4: 1/64 ')
+
+
+def test_the_stages_command_prints_each_images_stages_and_names_a_bad_file(tmp_path, odd_dir, capsys):
+    from lvae.evaluation.stages import main
+    good, bad = os.path.join(odd_dir, 'odd-131x77.png'), os.path.join(odd_dir, 'not-an-image.png')
+    out = tmp_path / 'stages.json'
+    assert main([good, '--lambdas', '8', '512', '--json', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f'{good} (131x77):\n  lambda 8: 1/64 ') and '\n  lambda 512: 1/64 ' in printed
+    record = json.loads(out.read_text())
+    assert record['model'] == 'rd_model_small' and len(record['weights_sha256']) == 64
+    (image,) = record['images']
+    assert image['file'] == 'odd-131x77.png' and image['lambdas'] == [8.0, 512.0]
+    assert all(len(row) == 5 for row in image['bpp']) and sum(image['bpp'][1]) > sum(image['bpp'][0])   # rate rises
+    assert main([good, bad]) == 2
+    assert f'error: {bad}: ' in capsys.readouterr().err

@@ -466,6 +466,10 @@ def test_a_resume_keeps_what_defines_the_run_and_records_what_changes(photos, va
     refused = run(['--resume', str(folder)], timeout=120)
     assert refused.returncode == 2 and 'run.json names the run\'s model (rd_model_tiny) but not its config' in \
         refused.stderr
+    (folder / 'run.json').write_text(json.dumps({**identity, 'config': {**identity['config'], 'smooth_mean': False}}))
+    refused = run(['--resume', str(folder)], timeout=120)
+    assert refused.returncode == 2 and 'holds a rd_model_tiny whose smooth_mean is True, but the run in' in \
+        refused.stderr and "is one whose smooth_mean is False (run.json)" in refused.stderr
     (folder / 'run.json').write_text(json.dumps(identity))
     torch.save({**final, 'args': {k: v for k, v in final['args'].items() if k != 'trainset'}}, folder / 'last.pt')
     refused = run(['--resume', str(folder), '--iterations', '8'], timeout=120)   # never today's default set

@@ -17,10 +17,11 @@ WEIGHTS = {
     'rd_model_base': {
         'source': 'https://huggingface.co/duanzh0/my-model-weights/resolve/main/rd_model_base-200k-feb14-2023.pt',
     },
-    # Trained by this project on a CPU (README, "Results"): EMA weights after 4,000 iterations.
+    # Trained by this project on a CPU at a learning rate of 2e-3 (docs/training.md, "The shipped model"): EMA
+    # weights after 4,000 iterations.
     'rd_model_small': {
         'source': os.path.join(WEIGHTS_DIR, 'rd_model_small.pt'),
-        'sha256': '750d954cb6eaa2607dc89cdf0fc3d6d9b20c2ca409d1c23bdf144bbd40ed781f',
+        'sha256': 'f0e7793aa5a0cdeec706ec375e5762d52b54a9718c7fed410e1d10fe95467d40',
     },
 }
 
@@ -61,6 +62,11 @@ def registered_config(name=None, overrides=None, config=None):
             raise ValueError(f'unknown model {name!r}; known models: {", ".join(sorted(CONFIGS))}')
         config = {**CONFIGS[name], **(overrides or {})}
     return RDConfig.from_dict(dict(config)).to_dict()
+
+
+def config_difference(a, b):
+    """The fields, sorted, in which two configs (dicts, as :func:`registered_config` returns them) differ."""
+    return sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
 
 
 def parse_model_args(text):

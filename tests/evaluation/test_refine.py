@@ -254,3 +254,16 @@ def test_a_chain_starts_each_lambda_on_the_line_through_the_two_below_in_log_lam
     assert starts[0] is None and all(torch.equal(s, f) for s, f in zip(starts[1], found[0]))
     for s, a, b in zip(starts[2], found[0], found[1]):
         torch.testing.assert_close(s, b + 1.5 * (b - a))
+
+
+def test_the_chain_flag_refines_by_the_chains_rule_and_records_it():
+    from argparse import Namespace
+    from dataclasses import asdict
+
+    from lvae.evaluation.flags import refinement_of
+    from lvae.evaluation.refine import CHAIN
+    chained = refinement_of(Namespace(refine='auto', refine_lr=None, refine_chain=True))
+    assert chained.rule == CHAIN and chained.rule.chain and chained.rule.tail == 3
+    assert chained.record(0)['rule'] == asdict(Convergence(chain=True, window=15, tail=3))
+    plain = refinement_of(Namespace(refine='auto', refine_lr=None, refine_chain=False))
+    assert plain.rule == Convergence() and plain.record(0)['rule']['tail'] == 0

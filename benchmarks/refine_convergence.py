@@ -37,12 +37,10 @@ sys.path.insert(0, REPO)
 
 from benchlib import KODAK_CROPS, kodak_crops  # noqa: E402
 from lvae.evaluation import evaluate_bound, pad_to_multiple  # noqa: E402
-from lvae.checkpoint import sha256_file  # noqa: E402
 from lvae.evaluation.refine import (CHAIN, Convergence, Refinement, noise_from, posterior_offsets,  # noqa: E402
                                    refine_chain, refine_posteriors)
 from lvae.evaluation.results import mean_objective, save_json  # noqa: E402
 from lvae.models import load_model  # noqa: E402
-from lvae.models.registry import pretrained_cfg  # noqa: E402
 from lvae.sources import get_source  # noqa: E402
 
 STUDY = os.path.join(REPO, 'results', 'gaussian-64-study', 'rd_model_tiny.pt')
@@ -214,7 +212,8 @@ def part_items(folder, whole, grid):
     on rd_model_small, on the Kodak crops of :data:`benchlib.KODAK_CROPS` and on ``whole`` whole Kodak images, at
     :data:`ITEM_LAMBDAS` (``grid`` 3) or at the evaluation's grid of ``grid`` lambdas."""
     from lvae.data import load_image
-    small = load_model('rd_model_small').model.eval()
+    loaded = load_model('rd_model_small')
+    small = loaded.model.eval()
     lambdas = ITEM_LAMBDAS if grid == 3 else small.default_lambdas(grid)
     sets = {'crops': kodak_crops(folder),
             'whole': [load_image(os.path.join(folder, f)) for f in WHOLE[:whole]]}
@@ -226,7 +225,7 @@ def part_items(folder, whole, grid):
     if grid != 3:  # the rule before took the item-steps of the own rule at 3 lambdas: the own rule is the base here
         del rules['before (one count per image)'], rules['own rule, chained along the lambdas']
     out = {'lambdas': lambdas, 'crops': [list(c) for c in KODAK_CROPS], 'whole': list(WHOLE[:whole]),
-           'weights_sha256': sha256_file(pretrained_cfg('rd_model_small')['source']),
+           'weights_sha256': loaded.sha256,
            'default_rule': asdict(Convergence()), 'rules': {}}
     for label, (refinement, together) in rules.items():
         row = {}

@@ -42,7 +42,7 @@ def test_the_stages_rates_add_up_to_the_models_rate_and_count_every_channel(mode
 
 
 def test_the_stages_command_prints_each_images_stages_and_names_a_bad_file(tmp_path, odd_dir, capsys):
-    from lvae.evaluation.stages import main
+    from lvae.evaluation.stages.__main__ import main
     good, bad = os.path.join(odd_dir, 'odd-131x77.png'), os.path.join(odd_dir, 'not-an-image.png')
     out = tmp_path / 'stages.json'
     assert main([good, '--lambdas', '8', '512', '--json', str(out)]) == 0

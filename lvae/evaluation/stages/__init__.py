@@ -2,8 +2,6 @@
 image's side, top-down) and how many of their channels carry any, the diagnostic of a hierarchy whose coarse
 latents collapsed (NVAE's active units)."""
 import math
-import os
-import sys
 
 import torch
 
@@ -66,42 +64,3 @@ def stage_lines(rates):
     return [f'lambda {lmb:g}: ' + ', '.join(f'{side} {bpp:.4f} bpp ({a}/{u})' for side, bpp, a, u in
                                             zip(rates['sides'], row, act, rates['units']))
             for lmb, row, act in zip(rates['lambdas'], rates['bpp'], rates['active'])]
-
-
-def main(argv=None):
-    """``python -m lvae.evaluation.stages IMAGE ... [--weights W] [--lambdas ...] [--json OUT]``: each image's rate
-    by decoder stage and its active units, one posterior draw per image and lambda (plain, not refined)."""
-    from lvae.cli import FlagParser
-    from lvae.data import ImageError, load_image
-    from lvae.evaluation.results import save_json
-    from lvae.models import load_model
-    p = FlagParser(prog='python -m lvae.evaluation.stages', description=main.__doc__.split(':', 1)[1].strip())
-    p.add_argument('images', nargs='+', help='image files')
-    p.add_argument('--model', default=None, help='registered model name (default: the checkpoint\'s, or '
-                   'rd_model_small)')
-    p.add_argument('--weights', default=None, metavar='PATH_OR_URL', help='checkpoint (default: the registered '
-                   'weights)')
-    p.add_argument('--lambdas', type=float, nargs='+', default=[4.0, 64.0, 1024.0])
-    p.add_argument('--seed', type=int, default=0, help='seed of the posterior draws')
-    p.add_argument('--json', default=None, help='also write the figures here')
-    args = p.parse_args(argv)
-    try:
-        loaded = load_model(args.model or (None if args.weights else 'rd_model_small'), weights=args.weights,
-                            pretrained=None if args.weights else True)
-        images = {path: load_image(path) for path in args.images}
-    except (ValueError, OSError, ImageError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    out = {'model': loaded.name, 'weights': loaded.weights, 'weights_sha256': loaded.sha256, 'seed': args.seed,
-           'images': []}
-    for path, im in images.items():
-        rates = stage_rates(loaded.model, [im], args.lambdas, seed=args.seed)
-        out['images'].append({'file': os.path.basename(path), **rates})
-        print(f'{path} ({im.shape[2]}x{im.shape[1]}):\n  ' + '\n  '.join(stage_lines(rates)))
-    if args.json:
-        save_json(args.json, out)
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())
